@@ -1,0 +1,250 @@
+"""Backbone registry: a name -> a module mapping images ``(B, C, H, W)`` to features ``(B, D)``.
+
+Every backbone has an int ``num_features == D``. Names are either registered here with
+``@register_backbone()`` or carry a source prefix (``"timm:resnet18"``); a new source is one
+entry in ``_SOURCES``. Local weights come from ``checkpoint=PATH``, hub weights from
+``pretrained=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import fnmatch
+import os
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import timm
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+class UnknownBackboneError(ValueError):
+    """The backbone name is neither registered nor known to its source."""
+
+
+class BackboneWeightsError(RuntimeError):
+    """Pretrained weights could not be fetched; the original exception is on ``__context__``."""
+
+
+def register_backbone(name: str | None = None) -> Callable[[Callable], Callable]:
+    """Register a factory ``fn(*, pretrained: bool = False, **kwargs) -> nn.Module``.
+
+    Args:
+        name: Registered name; ``fn.__name__`` when None. Must be new and contain no ``":"``
+            (reserved for source prefixes such as ``"timm:"``).
+    """
+    if callable(name):
+        raise TypeError("use @register_backbone() or @register_backbone('name'), with parentheses")
+
+    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or fn.__name__
+        if key in _REGISTRY or ":" in key:
+            raise ValueError(f"expected a new backbone name without ':', got '{key}'")
+        _REGISTRY[key] = fn
+        return fn
+
+    return decorator
+
+
+def create_backbone(
+    name: str, *, pretrained: bool = False, checkpoint: str | None = None, **kwargs
+) -> nn.Module:
+    """Build a backbone mapping float images ``(B, C, H, W)`` to features ``(B, num_features)``.
+
+    Args:
+        name: A registered name (see ``list_backbones()``) or ``"timm:NAME"`` for any timm model,
+            built headless (``num_classes=0``).
+        pretrained: Load the hub's default weights (needs network or a warm cache).
+        checkpoint: Local weights loaded last: a plain state_dict of the backbone, or a Lightning
+            checkpoint whose ``state_dict`` keys ``backbone.*`` are the backbone's.
+        **kwargs: Passed to the factory (e.g. ``small_stem=True``, timm's ``img_size=32``).
+
+    Raises:
+        UnknownBackboneError: Unknown name; the message lists close matches.
+        BackboneWeightsError: ``pretrained=True`` and the weights could not be fetched.
+        FileNotFoundError: ``checkpoint`` does not exist.
+        RuntimeError: ``checkpoint`` keys or shapes do not fit the backbone.
+    """
+    prefix, rest = name.split(":", 1) if ":" in name else ("", name)
+    model = _source(prefix, name).create(rest, pretrained=pretrained, **kwargs)
+    if not isinstance(getattr(model, "num_features", None), int):
+        raise TypeError(f"backbone '{name}' must have an int num_features, got {type(model)}")
+    if checkpoint is not None:
+        _load_checkpoint(model, checkpoint, name)
+    return model
+
+
+def list_backbones(pattern: str = "*") -> list[str]:
+    """Sorted backbone names matching an fnmatch ``pattern``; ``"timm:vit_*"`` lists timm models."""
+    prefix, rest = pattern.split(":", 1) if ":" in pattern else ("", pattern)
+    tag = f"{prefix}:" if prefix else ""
+    return sorted(tag + n for n in _source(prefix, pattern).names(rest or "*"))
+
+
+@contextlib.contextmanager
+def _fetching(what: str) -> Iterator[None]:
+    """Turn a hub failure into a one-line BackboneWeightsError naming ``what``."""
+    try:
+        yield
+    except TypeError:  # a bad keyword argument, which fails the same way without pretrained
+        raise
+    except Exception as e:
+        cause = ": ".join([type(e).__name__, *str(e).strip().splitlines()[:1]])
+        # `from None` keeps what the user sees to one line; the original stays on `__context__`.
+        raise BackboneWeightsError(
+            f"could not fetch pretrained weights for {what}: {cause}"
+        ) from None
+
+
+def _unknown(name: str, known: list[str], hint: str) -> UnknownBackboneError:
+    close = ", ".join(difflib.get_close_matches(name, known, n=5)) or "none"
+    return UnknownBackboneError(f"unknown backbone '{name}'; close matches: {close} (see {hint})")
+
+
+def _few(keys: list[str], n: int = 5) -> str:  # "a, b, c, d, e (+3 more)"
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def _load_checkpoint(model: nn.Module, path: str, name: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"backbone checkpoint for '{name}' not found: '{path}'")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # Lightning
+        full = state["state_dict"]
+        state = {
+            k.removeprefix("backbone."): v for k, v in full.items() if k.startswith("backbone.")
+        }
+        if not state:
+            raise RuntimeError(f"no 'backbone.*' keys in '{path}', got {_few(sorted(full))}")
+    if not isinstance(state, dict):
+        raise RuntimeError(
+            f"expected a state_dict or Lightning checkpoint in '{path}', got {type(state)}"
+        )
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    named = [("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes)]
+    problems = [f"{what}: {_few(keys)}" for what, keys in named if keys]
+    if problems:
+        raise RuntimeError(
+            f"checkpoint '{path}' does not fit backbone '{name}': {'; '.join(problems)}"
+        )
+    model.load_state_dict(state)
+
+
+class _Source(NamedTuple):
+    create: Callable[..., nn.Module]  # (name, *, pretrained, **kwargs) -> (B, C, H, W) -> (B, D)
+    names: Callable[[str], list[str]]  # fnmatch pattern -> names without the prefix
+
+
+def _create_registered(name: str, *, pretrained: bool, **kwargs) -> nn.Module:
+    if name not in _REGISTRY:
+        raise _unknown(name, list(_REGISTRY), "list_backbones()")
+    return _REGISTRY[name](pretrained=pretrained, **kwargs)
+
+
+def _create_timm(name: str, *, pretrained: bool, **kwargs) -> nn.Module:
+    if not timm.is_model(name):
+        raise _unknown(
+            f"timm:{name}", [f"timm:{n}" for n in timm.list_models()], "list_backbones('timm:*')"
+        )
+    with _fetching(f"'timm:{name}'") if pretrained else contextlib.nullcontext():
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    # Headless forward() returns pre-logits features, head_hidden_size wide; that differs from
+    # timm's num_features when the head has its own layers (MobileNetV3: 1024 vs 288).
+    model.num_features = int(getattr(model, "head_hidden_size", model.num_features))
+    return model
+
+
+_SOURCES: dict[str, _Source] = {
+    "": _Source(_create_registered, lambda pattern: fnmatch.filter(_REGISTRY, pattern)),
+    "timm": _Source(_create_timm, timm.list_models),
+}
+
+
+def _source(prefix: str, name: str) -> _Source:
+    if prefix not in _SOURCES:
+        known = ", ".join(f"{p}:" for p in _SOURCES if p)
+        raise UnknownBackboneError(
+            f"unknown backbone prefix '{prefix}:' in '{name}'; known: {known}"
+        )
+    return _SOURCES[prefix]
+
+
+def _resnet(
+    builder: Callable, weights: tvm.WeightsEnum, pretrained: bool, small_stem: bool, **kwargs
+) -> nn.Module:
+    model = builder(weights=None, **kwargs)
+    if pretrained:
+        with _fetching(f"'{builder.__name__}' ({weights})"):
+            state = weights.get_state_dict(progress=True, check_hash=True)
+        model.load_state_dict(state)
+    if small_stem:  # SimCLR's CIFAR stem keeps 32 px images at 32 px until layer2
+        c_in, c_out = model.conv1.in_channels, model.conv1.out_channels
+        model.conv1 = nn.Conv2d(c_in, c_out, 3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    model.num_features = model.fc.in_features
+    model.fc = nn.Identity()  # (B, num_features) after global average pooling
+    return model
+
+
+@register_backbone()
+def resnet18(*, pretrained: bool = False, small_stem: bool = False, **kwargs) -> nn.Module:
+    """ResNet-18 (He et al. 2016) from torchvision, headless: ``(B, 3, H, W) -> (B, 512)``.
+
+    Args:
+        pretrained: Load torchvision's DEFAULT ImageNet weights.
+        small_stem: 3x3 stride-1 ``conv1`` and no max-pool, for 32-64 px images (SimCLR's CIFAR
+            variant, Chen et al. 2020). With ``pretrained`` this ``conv1`` stays random-init.
+        **kwargs: Passed to the torchvision builder (e.g. ``zero_init_residual=True``).
+    """
+    return _resnet(tvm.resnet18, tvm.ResNet18_Weights.DEFAULT, pretrained, small_stem, **kwargs)
+
+
+@register_backbone()
+def resnet34(*, pretrained: bool = False, small_stem: bool = False, **kwargs) -> nn.Module:
+    """ResNet-34 (He et al. 2016), headless: ``(B, 3, H, W) -> (B, 512)``; args as resnet18."""
+    return _resnet(tvm.resnet34, tvm.ResNet34_Weights.DEFAULT, pretrained, small_stem, **kwargs)
+
+
+@register_backbone()
+def resnet50(*, pretrained: bool = False, small_stem: bool = False, **kwargs) -> nn.Module:
+    """ResNet-50 (He et al. 2016), headless: ``(B, 3, H, W) -> (B, 2048)``; args as resnet18."""
+    return _resnet(tvm.resnet50, tvm.ResNet50_Weights.DEFAULT, pretrained, small_stem, **kwargs)
+
+
+@register_backbone()
+def small_cnn(*, pretrained: bool = False, width: int = 32, in_chans: int = 3) -> nn.Module:
+    """Plain 6-layer CNN, our fast default for 32-64 px images on CPU: ``(B, C, H, W) -> (B, 8w)``.
+
+    conv3x3-BN-ReLU with channels ``(w, 2w, 2w, 4w, 4w, 8w)``, stride 2 at layers 2, 4 and 6
+    (``H/8`` after the last), then global average pooling.
+
+    Args:
+        pretrained: Must be False: no hub weights exist (use ``checkpoint=PATH``).
+        width: ``w``, channels of the first layer.
+        in_chans: Input channels ``C``.
+    """
+    if pretrained:
+        raise ValueError("small_cnn has no pretrained weights; train it or pass checkpoint=PATH")
+    if width < 1 or in_chans < 1:
+        raise ValueError(f"expected width >= 1 and in_chans >= 1, got {width} and {in_chans}")
+    chans = [in_chans, width, 2 * width, 2 * width, 4 * width, 4 * width, 8 * width]
+    layers: list[nn.Module] = []
+    for i, (c_in, c_out) in enumerate(zip(chans[:-1], chans[1:], strict=True)):
+        conv = nn.Conv2d(c_in, c_out, 3, stride=2 if i % 2 else 1, padding=1, bias=False)
+        layers += [conv, nn.BatchNorm2d(c_out), nn.ReLU()]
+    # (B, C, H, W) -> (B, 8w, H/8, W/8) -> (B, 8w)
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model.num_features = 8 * width
+    return model
