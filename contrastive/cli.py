@@ -1,0 +1,122 @@
+"""The ``contrastive`` command: LightningCLI over every method and data module.
+
+``contrastive fit|validate|test|predict --config X.yaml``; ``--model SimCLR`` or
+``--model my_pkg.MyMethod`` picks a method by class path, ``--data`` a data module. Runs log to
+``runs/<name>/version_N`` (a new version per run, so nothing earlier is overwritten) and
+``--ckpt_path last`` continues the latest run that has a ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import (
+    ArgsType,
+    LightningArgumentParser,
+    LightningCLI,
+    SaveConfigCallback,
+)
+
+import contrastive.datamodules  # noqa: F401  (registers the data modules' short names)
+import contrastive.methods  # noqa: F401  (registers the methods' short names)
+from contrastive.methods import ContrastiveMethod, NonFiniteLossError
+
+
+class RunError(RuntimeError):
+    """A problem with the run's setup, reported to the user as one line."""
+
+
+class SaveConfigNoOverwrite(SaveConfigCallback):
+    """Saves the run's config next to its logs under a name that does not exist yet.
+
+    The first config of a run directory is ``config.yaml``; a resumed or tested run adds
+    ``config_1.yaml``, ``config_2.yaml``, ... so no earlier config is ever overwritten.
+    """
+
+    def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
+        log_dir = Path(trainer.log_dir or ".")
+        name, n = "config.yaml", 0
+        while (log_dir / name).exists():
+            n += 1
+            name = f"config_{n}.yaml"
+        self.config_filename = name
+        super().setup(trainer, pl_module, stage)
+
+
+class ContrastiveCLI(LightningCLI):
+    """LightningCLI with the project's defaults: methods and data modules chosen by class path,
+    TensorBoard logs under ``runs/``, a checkpoint every N steps, resumable with ``last``."""
+
+    def __init__(self, args: ArgsType = None, run: bool = True) -> None:
+        super().__init__(
+            ContrastiveMethod,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=SaveConfigNoOverwrite,
+            # Methods configure their own optimizer (parameter groups, warmup, cosine), so the
+            # CLI's generic --optimizer/--lr_scheduler would be a second way to do one thing.
+            auto_configure_optimizers=False,
+            trainer_defaults={
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": "runs", "name": "contrastive"},
+                }
+            },
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "data": {"class_path": "contrastive.datamodules.ShapesDataModule"},
+                "checkpoint.every_n_train_steps": 200,
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": -1,
+            }
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if "weights_only" in config and config.weights_only is None:
+            config.weights_only = True  # checkpoints hold tensors and plain values only
+        if config.get("ckpt_path") == "last":
+            config.ckpt_path = str(_resume_latest_run(config.trainer))
+
+
+def _resume_latest_run(trainer_config) -> Path:
+    """Point the logger at the latest run with a ``last.ckpt`` and return that checkpoint."""
+    logger = trainer_config.get("logger")
+    init = getattr(logger, "init_args", None)
+    if init is None or init.get("save_dir") is None:
+        raise RunError("--ckpt_path last needs a logger with a save_dir to find earlier runs")
+    root = Path(init.save_dir) / (init.get("name") or "")
+    versions = [p for p in root.glob("version_*") if (p / "checkpoints" / "last.ckpt").is_file()]
+    if not versions:
+        raise RunError(f"--ckpt_path last: no earlier run with checkpoints/last.ckpt under {root}")
+    latest = max(versions, key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
+    init.version = latest.name
+    return latest / "checkpoints" / "last.ckpt"
+
+
+def main(args: ArgsType = None) -> None:
+    """Entry point of the ``contrastive`` console script."""
+    # Like `python -m`, let --model my_pkg.MyMethod find packages in the working directory.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        ContrastiveCLI(args=args)
+    except (NonFiniteLossError, RunError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""The base LightningModule every method subclasses.
+
+It owns what methods share: the backbone from the registry, the view augmentation made on the
+device, the optimizer and its warmup-then-cosine schedule, ``embed()``, gathering across ranks,
+the non-finite loss guard, and the evaluation hooks (kNN per attribute, alignment, uniformity,
+effective rank during validation; trained against random init in ``test``). A subclass builds
+its heads in ``__init__`` and implements :meth:`ContrastiveMethod.training_loss`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from contrastive import distributed
+from contrastive.augment import Augment
+from contrastive.backbones import create_backbone
+from contrastive.metrics import Alignment, EffectiveRank, KNNAccuracy, Uniformity
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the training loss is NaN or Inf; training stops before the bad update."""
+
+
+class ContrastiveMethod(LightningModule):
+    """Base class of contrastive and self-supervised methods.
+
+    Args:
+        backbone: a name from the backbone registry (``list_backbones()``), e.g. ``small_cnn``,
+            ``resnet18`` or ``timm:resnet18``.
+        backbone_kwargs: keyword arguments for ``create_backbone`` (``small_stem``,
+            ``pretrained``, ``checkpoint``, ...).
+        augment: the view distribution, applied on the device to training batches. ``None``:
+            normalisation only.
+        optimizer: a callable taking parameter groups, e.g. ``torch.optim.SGD``,
+            ``torch.optim.AdamW`` or ``timm.optim.Lars`` with its ``init_args`` in YAML. Bias and
+            normalisation parameters (``ndim <= 1``) get no weight decay.
+        warmup_epochs: linear warmup length, in epochs (fractions allowed), stepped per batch.
+        gather_negatives: gather embeddings from every rank so that each anchor sees the global
+            batch as negatives (on by default; off gives per-rank negatives).
+        knn_k: neighbours of the kNN monitor.
+        knn_temperature: temperature of the kNN monitor's weighted vote.
+        collapse_rank_fraction: warn when the validation embeddings' effective rank falls below
+            this fraction of their dimension.
+        channels_last: move images to channels-last memory format (faster convolutions with
+            bf16 on recent CPUs and GPUs).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "small_cnn",
+        backbone_kwargs: dict | None = None,
+        augment: Augment | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        warmup_epochs: float = 0.0,
+        gather_negatives: bool = True,
+        knn_k: int = 20,
+        knn_temperature: float = 0.07,
+        collapse_rank_fraction: float = 0.02,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["augment", "optimizer"])
+        self.backbone = create_backbone(backbone, **(backbone_kwargs or {}))
+        self.augment = augment if augment is not None else Augment()
+        self.optimizer = optimizer
+        self.warmup_epochs = warmup_epochs
+        self.gather_negatives = gather_negatives
+        self.knn_k = knn_k
+        self.knn_temperature = knn_temperature
+        self.collapse_rank_fraction = collapse_rank_fraction
+        self.channels_last = channels_last
+
+    # ---- what a subclass implements ---------------------------------------------------------
+
+    def training_loss(self, batch: dict) -> Tensor:
+        """The loss of one training batch; ``batch["views"]`` holds the augmented views."""
+        raise NotImplementedError(f"{type(self).__name__} must implement training_loss(batch)")
+
+    # ---- views, embeddings, gathering -------------------------------------------------------
+
+    def make_views(self, batch: dict) -> list[Tensor]:
+        """Two augmented views per image: of ``image`` and of the generator's ``view`` if any."""
+        sources = [batch["image"], batch.get("view", batch["image"])]
+        return [self._memory_format(self.augment(s)) for s in sources]
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if self._trainer is not None and self.trainer.training:
+            batch["views"] = self.make_views(batch)
+        return batch
+
+    def embed(self, images: Tensor) -> Tensor:
+        """The representation of images for downstream use.
+
+        Args:
+            images: ``(B, C, H, W)`` uint8, or float in [0, 1].
+
+        Returns:
+            ``(B, num_features)`` backbone features (before any projection head).
+        """
+        return self.backbone(self._memory_format(self.augment.normalize(images)))
+
+    def gather(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Embeddings and labels from every rank, and where this rank's rows sit among them.
+
+        Args:
+            embeddings: ``(N, D)`` this rank's embeddings.
+            labels: ``(N,)`` their labels (image ids or classes).
+
+        Returns:
+            ``(world * N, D)`` candidates with gradient, their ``(world * N,)`` labels, and the
+            ``(N,)`` positions of the local rows among them. Without ``gather_negatives`` or on
+            one process: the inputs themselves and ``arange(N)``.
+        """
+        n = len(embeddings)
+        positions = torch.arange(n, device=embeddings.device)
+        if not self.gather_negatives or not distributed.is_distributed():
+            return embeddings, labels, positions
+        gathered = distributed.gather_with_grad(embeddings)
+        return gathered, distributed.gather_no_grad(labels), positions + distributed.rank() * n
+
+    def _memory_format(self, images: Tensor) -> Tensor:
+        return (
+            images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+        )
+
+    # ---- training ---------------------------------------------------------------------------
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss = self.training_loss(batch)
+        if not torch.isfinite(loss):
+            last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none"
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
+                f"training stopped before the update; last good checkpoint: {last}"
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
+        return loss
+
+    def configure_optimizers(self) -> dict:
+        decay, no_decay = [], []
+        for param in self.parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim <= 1 else decay).append(param)
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = self.optimizer([g for g in groups if g["params"]])
+        total = self.trainer.estimated_stepping_batches
+        if math.isinf(total):
+            raise ValueError(
+                "the cosine schedule needs a length: set trainer.max_epochs or max_steps"
+            )
+        if self.trainer.train_dataloader is None:  # max_steps alone does not load the data
+            self.trainer.fit_loop.setup_data()
+        batches = self.trainer.num_training_batches
+        if math.isinf(batches) and self.warmup_epochs > 0:
+            raise ValueError("warmup_epochs needs a training loader with a length")
+        per_epoch = 0 if math.isinf(batches) else batches / self.trainer.accumulate_grad_batches
+        total = max(1, int(total))
+        warmup = min(total - 1, round(self.warmup_epochs * per_epoch))
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup)
+        schedule = cosine
+        if warmup > 0:
+            ramp = torch.optim.lr_scheduler.LinearLR(
+                optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup
+            )
+            schedule = torch.optim.lr_scheduler.SequentialLR(
+                optimizer, [ramp, cosine], milestones=[warmup]
+            )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ---- evaluation -------------------------------------------------------------------------
+    # Evaluation data modules return two loaders: [bank, query]. The bank (training images, no
+    # augmentation) is the kNN memory; the queries (held-out images) are classified against it
+    # per attribute, and their embeddings measured for uniformity and effective rank.
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self.eval_num_classes = dict(getattr(datamodule, "num_classes", None) or {})
+        num_classes = list(self.eval_num_classes.values())
+        self.knn = (
+            KNNAccuracy(num_classes, self.knn_k, self.knn_temperature) if num_classes else None
+        )
+        self.knn_random = copy.deepcopy(self.knn) if stage == "test" else None
+        self.alignment = Alignment()
+        self.uniformity = Uniformity()
+        self.effective_rank = EffectiveRank()
+
+    def _labels(self, batch: dict) -> Tensor:
+        return torch.stack([batch["labels"][a] for a in self.eval_num_classes], dim=1)  # (B, A)
+
+    def _eval_step(self, batch: dict, dataloader_idx: int, random_init: nn.Module | None) -> None:
+        features = self.embed(batch["image"])  # (B, D)
+        encoders = [(self.knn, features)]
+        if random_init is not None:
+            normalized = self._memory_format(self.augment.normalize(batch["image"]))
+            encoders.append((self.knn_random, random_init(normalized)))
+        if self.knn is not None:
+            labels = self._labels(batch)
+            for knn, feats in encoders:
+                (knn.update_bank if dataloader_idx == 0 else knn.update)(feats, labels)
+        if dataloader_idx == 0:
+            return
+        self.uniformity.update(features)
+        self.effective_rank.update(features)
+        view1, view2 = (self._memory_format(self.augment(batch["image"])) for _ in range(2))
+        self.alignment.update(self.backbone(view1), self.backbone(view2))
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx, random_init=None)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx, random_init=self._random_backbone[0])
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        return self.embed(batch["image"])
+
+    def on_test_start(self) -> None:
+        # The same architecture at random init, seeded, as the baseline of the report. Kept out
+        # of the module tree so it is neither saved nor expected in checkpoints.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            random_init = create_backbone(self.hparams.backbone, **self._random_init_kwargs())
+        self._random_backbone = [random_init.to(self.device).eval()]
+
+    def _random_init_kwargs(self) -> dict:
+        kwargs = dict(self.hparams.backbone_kwargs or {})
+        kwargs.pop("checkpoint", None)
+        kwargs.pop("pretrained", None)
+        return kwargs
+
+    def _log_embedding_metrics(self, stage: str) -> dict[str, float]:
+        results = {}
+        if self.knn is not None and self.knn.update_count > 0:
+            for name, acc in zip(self.eval_num_classes, self.knn.compute(), strict=True):
+                results[f"{stage}/knn/{name}"] = acc.item()
+        if self.effective_rank.update_count > 0:
+            rank = self.effective_rank.compute()
+            results[f"{stage}/effective_rank"] = rank.item()
+            results[f"{stage}/uniformity"] = self.uniformity.compute().item()
+            results[f"{stage}/alignment"] = self.alignment.compute().item()
+            dim = self.backbone.num_features
+            if rank < self.collapse_rank_fraction * dim:
+                rank_zero_warn(
+                    f"embedding collapse: effective rank {rank:.1f} of {dim} dimensions at step "
+                    f"{self.global_step} (warning below {self.collapse_rank_fraction:.0%})"
+                )
+        for metric in (self.knn, self.alignment, self.uniformity, self.effective_rank):
+            if metric is not None:
+                metric.reset()
+        self.log_dict(results)
+        return results
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_embedding_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        trained = self._log_embedding_metrics("test")
+        if self.knn_random is None or self.knn_random.update_count == 0:
+            return
+        random_acc = self.knn_random.compute()
+        self.knn_random.reset()
+        names = list(self.eval_num_classes)
+        self.log_dict({f"test/knn_random/{a}": v for a, v in zip(names, random_acc, strict=True)})
+        rows = [
+            (name, n, 1 / n, random_acc[i].item(), trained[f"test/knn/{name}"])
+            for i, (name, n) in enumerate(self.eval_num_classes.items())
+        ]
+        if self.trainer.is_global_zero:
+            print(knn_report(rows, self.knn_k))
+
+
+def knn_report(rows: list[tuple[str, int, float, float, float]], k: int) -> str:
+    """The "what does the embedding know" table.
+
+    Args:
+        rows: (attribute, classes, chance, random-init accuracy, trained accuracy) per attribute.
+        k: the kNN's number of neighbours, for the title.
+    """
+    lines = [
+        f"What the embedding knows: kNN top-1 (k={k}) per attribute, test split",
+        f"{'attribute':<12}{'classes':>8}{'chance':>8}{'random init':>13}{'trained':>9}{'gain':>8}",
+    ]
+    for name, n, chance, random_acc, trained in rows:
+        lines.append(
+            f"{name:<12}{n:>8}{chance:>8.3f}{random_acc:>13.3f}{trained:>9.3f}"
+            f"{trained - random_acc:>+8.3f}"
+        )
+    return "\n".join(lines)

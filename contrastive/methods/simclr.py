@@ -1,0 +1,50 @@
+"""SimCLR: A Simple Framework for Contrastive Learning of Visual Representations."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from contrastive import distributed
+from contrastive.heads import ProjectionHead
+from contrastive.losses import info_nce
+from contrastive.methods.base import ContrastiveMethod
+
+
+class SimCLR(ContrastiveMethod):
+    """SimCLR (Chen et al. 2020, arXiv:2002.05709): NT-Xent between two views of each image.
+
+    Each of the 2B views in the batch is an anchor; its positive is the other view of the same
+    image and its negatives are the other 2B - 2 views, gathered from every rank by default.
+
+    Args:
+        temperature: the NT-Xent temperature (0.1 in the paper's CIFAR-10 runs).
+        projector_hidden_dim: hidden width of the projection MLP.
+        projector_dim: output width of the projection MLP (the space the loss sees).
+        projector_layers: number of linear layers of the projection MLP.
+        **kwargs: :class:`ContrastiveMethod` arguments (backbone, augment, optimizer, ...).
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        projector_hidden_dim: int = 2048,
+        projector_dim: int = 128,
+        projector_layers: int = 2,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        self.projector = ProjectionHead(
+            self.backbone.num_features, projector_hidden_dim, projector_dim, projector_layers
+        )
+
+    def training_loss(self, batch: dict) -> Tensor:
+        view1, view2 = batch["views"]
+        z = self.projector(self.backbone(torch.cat([view1, view2])))  # (2B, D)
+        b = len(view1)
+        image_ids = distributed.rank() * b + torch.arange(b, device=z.device).repeat(2)  # (2B,)
+        candidates, candidate_ids, positions = self.gather(z, image_ids)  # (world * 2B, D)
+        return info_nce(z, candidates, image_ids, candidate_ids, self.temperature, positions)

@@ -1,0 +1,188 @@
+"""The command line end to end, on tiny built-in data, through the real ``main``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+
+from contrastive.cli import main
+from contrastive.methods import SimCLR
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+# Tiny data and model: each run takes seconds. Flags every shapes config accepts.
+TINY = [
+    "--data.num_train=64",
+    "--data.num_val=32",
+    "--data.num_test=32",
+    "--data.num_bank=64",
+    "--data.batch_size=16",
+    "--data.eval_batch_size=32",
+    "--model.backbone_kwargs={width: 4}",
+    "--trainer.logger.init_args.save_dir=runs",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def run(*args: str) -> None:
+    main([*args])
+
+
+class MyMethod(SimCLR):
+    """A user's method, defined outside the package: SimCLR with a second temperature."""
+
+    def __init__(self, extra_temperature: float = 0.5, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.extra_temperature = extra_temperature
+        self.losses: list[float] = []
+
+    def training_loss(self, batch: dict) -> torch.Tensor:
+        loss = super().training_loss(batch)
+        self.losses.append(loss.item())
+        return loss
+
+
+class NaNAtStep(SimCLR):
+    """SimCLR whose loss turns NaN at a chosen step."""
+
+    def __init__(self, nan_step: int = 2, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.nan_step = nan_step
+
+    def training_loss(self, batch: dict) -> torch.Tensor:
+        loss = super().training_loss(batch)
+        return loss * float("nan") if self.global_step == self.nan_step else loss
+
+
+class StopAtStep(Callback):
+    """Simulates an interrupted run: an error after a given number of steps."""
+
+    def __init__(self, step: int = 3) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+class RecordStart(Callback):
+    def on_train_start(self, trainer, pl_module) -> None:
+        Path("start_step.txt").write_text(str(trainer.global_step))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_shipped_config_fits_and_tests_through_the_cli(config, capsys):
+    run("fit", f"--config={config}", *TINY, "--trainer.max_steps=2", "--trainer.max_epochs=1")
+    run("test", f"--config={config}", *TINY, "--ckpt_path=last")
+    out = capsys.readouterr().out
+    assert "What the embedding knows" in out and "random init" in out
+    run_dir = next(Path("runs").glob("*/version_0"))
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "config_1.yaml").is_file()
+
+
+def test_print_config_shows_the_resolved_method(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run("fit", "--model=SimCLR", "--print_config")
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] == "contrastive.methods.SimCLR"
+    assert printed["data"]["class_path"] == "contrastive.datamodules.ShapesDataModule"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model=SimCLR", "--model.temperatur=0.1"], "temperatur"),
+        (["--model=SimCLR", "--model.temperature=warm"], "temperature"),
+        (["--config=missing.yaml"], "missing.yaml"),
+        (["--model=NoSuchMethod"], "NoSuchMethod"),
+    ],
+)
+def test_config_errors_are_one_clear_message_not_a_traceback(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run("fit", *args)
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_subclass_defined_in_a_test_file_trains_through_model(capsys):
+    run(
+        "fit",
+        f"--model={__name__}.MyMethod",
+        "--model.extra_temperature=0.3",
+        *TINY,
+        "--trainer.max_steps=3",
+    )
+    saved = yaml.safe_load(next(Path("runs").glob("*/version_0/config.yaml")).read_text())
+    assert saved["model"]["class_path"].endswith("MyMethod")
+    assert saved["model"]["init_args"]["extra_temperature"] == 0.3
+
+
+def test_resume_after_an_interrupted_run_continues_from_the_saved_step():
+    common = [*TINY, "--checkpoint.every_n_train_steps=2", "--trainer.max_steps=6"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run("fit", "--model=SimCLR", *common, f"--trainer.callbacks+={__name__}.StopAtStep")
+    run_dir = Path("runs/contrastive/version_0")
+    first = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
+    assert first["global_step"] == 2
+    config_before = (run_dir / "config.yaml").read_text()
+
+    run(
+        "fit",
+        "--model=SimCLR",
+        *common,
+        "--ckpt_path=last",
+        f"--trainer.callbacks+={__name__}.RecordStart",
+    )
+    assert Path("start_step.txt").read_text() == "2"
+    resumed = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 6
+    assert not Path("runs/contrastive/version_1").exists()  # the same run, continued
+    assert (run_dir / "config.yaml").read_text() == config_before  # never overwritten
+    assert (run_dir / "config_1.yaml").is_file()
+
+
+def test_a_new_run_never_overwrites_an_earlier_one():
+    for _ in range(2):
+        run("fit", "--model=SimCLR", *TINY, "--trainer.max_steps=1")
+    assert sorted(p.name for p in Path("runs/contrastive").iterdir()) == ["version_0", "version_1"]
+
+
+def test_resume_without_an_earlier_run_is_a_one_line_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run("fit", "--model=SimCLR", *TINY, "--ckpt_path=last")
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no earlier run" in err
+
+
+def test_a_nan_loss_stops_cleanly_naming_the_step_and_keeps_the_last_good_checkpoint(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(
+            "fit",
+            f"--model={__name__}.NaNAtStep",
+            "--model.nan_step=2",
+            *TINY,
+            "--checkpoint.every_n_train_steps=1",
+            "--trainer.max_steps=5",
+        )
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "at step 2" in err and "last.ckpt" in err
+    kept = torch.load("runs/contrastive/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert kept["global_step"] == 2
+    assert all(
+        torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point()
+    )
