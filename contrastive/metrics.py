@@ -274,15 +274,18 @@ def _effective_rank_from_singular_values(s: Tensor) -> Tensor:
     return entropy.exp().float()
 
 
-def effective_rank(z: Tensor) -> Tensor:
+def effective_rank(z: Tensor, center: bool = False) -> Tensor:
     """Effective rank of an embedding matrix (Roy & Vetterli, 2007; RankMe, Garrido et al., 2023).
 
     ``exp(-sum_k p_k log p_k)`` with ``p_k = s_k / sum(s) + 1e-7`` for the singular values
     ``s`` of the (N, D) matrix, computed in float64. It is ``~D`` for isotropic data with
-    ``N >> D`` and ``~1`` for rank-1 (collapsed) data. The rows are not centred or normalised.
+    ``N >> D`` and ``~1`` for rank-1 (collapsed) data.
 
     Args:
         z: Embeddings, shape (N, D).
+        center: subtract the mean embedding first, i.e. the rank of the covariance spectrum
+            (dimensional collapse, Jing et al. 2022). Without it (RankMe) a large common mean,
+            as post-ReLU features have, dominates the spectrum and the rank reads ~1.
 
     Returns:
         Scalar float32 tensor in ``[1, min(N, D)]`` (up to the epsilon), differentiable.
@@ -291,7 +294,10 @@ def effective_rank(z: Tensor) -> Tensor:
         ValueError: If ``z`` is not 2-D or has no rows.
     """
     _check_matrix("z", z, min_rows=1)
-    return _effective_rank_from_singular_values(torch.linalg.svdvals(z.double()))  # (min(N, D),)
+    z = z.double()
+    if center:
+        z = z - z.mean(dim=0, keepdim=True)  # (N, D)
+    return _effective_rank_from_singular_values(torch.linalg.svdvals(z))  # (min(N, D),)
 
 
 class EffectiveRank(Metric):
@@ -306,6 +312,8 @@ class EffectiveRank(Metric):
     The Gram state starts as a scalar zero and takes shape (D, D) at the first ``update``.
 
     Args:
+        center: the rank of the centred embeddings (see :func:`effective_rank`); the metric then
+            also sums the embeddings and counts them, and centres the Gram matrix at the end.
         **kwargs: Passed to ``torchmetrics.Metric``.
     """
 
@@ -314,10 +322,15 @@ class EffectiveRank(Metric):
     full_state_update = False
 
     gram: Tensor
+    total: Tensor
+    count: Tensor
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, center: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.center = center
         self.add_state("gram", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, z: Tensor) -> None:
         """Add a batch of embeddings.
@@ -333,14 +346,73 @@ class EffectiveRank(Metric):
             )
         z = z.detach().double()  # (B, D); float64 keeps the small eigenvalues meaningful
         self.gram = self.gram + z.T @ z  # (D, D)
+        self.total = self.total + z.sum(dim=0)  # (D,)
+        self.count = self.count + len(z)
 
     def compute(self) -> Tensor:
         """Return the effective rank of all embeddings seen (scalar float32)."""
         if self.gram.ndim != 2:
             raise ValueError("EffectiveRank.compute() needs at least one update(z), got none.")
-        eigenvalues = torch.linalg.eigvalsh(self.gram.double())  # (D,)
+        gram = self.gram
+        if self.center:  # sum (z - m)(z - m)^T = Z^T Z - n m m^T with m = total / n
+            gram = gram - torch.outer(self.total, self.total) / self.count.clamp_min(1)
+        eigenvalues = torch.linalg.eigvalsh(gram)  # (D,)
         singular_values = eigenvalues.clamp_min(0).sqrt()  # (D,)
         return _effective_rank_from_singular_values(singular_values)
+
+
+def embedding_std(z: Tensor) -> Tensor:
+    """Mean per-dimension standard deviation of the L2-normalised embeddings.
+
+    The collapse indicator of SimSiam (Chen & He 2021, sec. 4.1): ``~1/sqrt(D)`` for embeddings
+    spread over the sphere, ``0`` when every input maps to the same point.
+
+    Args:
+        z: Embeddings, shape (N, D).
+
+    Returns:
+        Scalar float32 tensor.
+    """
+    _check_matrix("z", z, min_rows=1)
+    return F.normalize(z.double(), dim=1).std(dim=0, correction=0).mean().float()
+
+
+class EmbeddingStd(Metric):
+    """:func:`embedding_std` accumulated in constant memory (sums of z and z^2, and a count).
+
+    Args:
+        **kwargs: Passed to ``torchmetrics.Metric``.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    total: Tensor
+    total_sq: Tensor
+    count: Tensor
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name in ("total", "total_sq"):
+            self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, z: Tensor) -> None:
+        """Add a batch of embeddings, shape (B, D)."""
+        _check_matrix("z", z)
+        z = F.normalize(z.detach().double(), dim=1)  # (B, D)
+        self.total = self.total + z.sum(dim=0)  # (D,)
+        self.total_sq = self.total_sq + z.square().sum(dim=0)  # (D,)
+        self.count = self.count + len(z)
+
+    def compute(self) -> Tensor:
+        """Return the mean per-dimension standard deviation (scalar float32)."""
+        if self.count == 0:
+            raise ValueError("EmbeddingStd.compute() needs at least one update(z), got none.")
+        mean = self.total / self.count  # (D,)
+        variance = (self.total_sq / self.count - mean.square()).clamp_min(0)  # (D,)
+        return variance.sqrt().mean().float()
 
 
 # ---------------------------------------------------------------------------------------------

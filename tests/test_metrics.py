@@ -14,10 +14,12 @@ import torch.multiprocessing as mp
 from contrastive.metrics import (
     Alignment,
     EffectiveRank,
+    EmbeddingStd,
     KNNAccuracy,
     Uniformity,
     alignment,
     effective_rank,
+    embedding_std,
     knn_accuracy,
     knn_predict,
     uniformity,
@@ -450,3 +452,29 @@ def _ddp_worker(rank: int, world_size: int, init_file: str) -> None:
 def test_metrics_under_ddp_match_single_process(tmp_path) -> None:
     init_file = os.path.join(tmp_path, "dist_init")
     mp.spawn(_ddp_worker, args=(2, init_file), nprocs=2, join=True)
+
+
+def test_centred_effective_rank_ignores_a_common_mean_and_the_metric_matches():
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(400, 8, generator=g) + 50.0  # isotropic spread around a large mean
+    assert effective_rank(z).item() < 2.0  # the mean dominates the raw spectrum
+    assert effective_rank(z, center=True).item() > 7.0
+    metric = EffectiveRank(center=True)
+    for chunk in z.split(64):
+        metric.update(chunk)
+    torch.testing.assert_close(
+        metric.compute(), effective_rank(z, center=True), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_embedding_std_is_zero_when_collapsed_and_matches_the_functional():
+    g = torch.Generator().manual_seed(8)
+    z = torch.randn(300, 16, generator=g)
+    assert embedding_std(torch.ones(10, 16)).item() == 0.0
+    # Spread over the sphere: about 1/sqrt(D) per dimension.
+    assert abs(embedding_std(z).item() * 16**0.5 - 1.0) < 0.1
+    reference = torch.nn.functional.normalize(z.double(), dim=1).std(0, correction=0).mean()
+    metric = EmbeddingStd()
+    for chunk in z.split(70):
+        metric.update(chunk)
+    torch.testing.assert_close(metric.compute(), reference.float(), rtol=1e-5, atol=1e-6)

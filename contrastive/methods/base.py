@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from contrastive import distributed
 from contrastive.augment import Augment
 from contrastive.backbones import create_backbone
-from contrastive.metrics import Alignment, EffectiveRank, KNNAccuracy, Uniformity
+from contrastive.metrics import Alignment, EffectiveRank, EmbeddingStd, KNNAccuracy, Uniformity
 
 
 class NonFiniteLossError(RuntimeError):
@@ -46,8 +46,8 @@ class ContrastiveMethod(LightningModule):
             batch as negatives (on by default; off gives per-rank negatives).
         knn_k: neighbours of the kNN monitor.
         knn_temperature: temperature of the kNN monitor's weighted vote.
-        collapse_rank_fraction: warn when the validation embeddings' effective rank falls below
-            this fraction of their dimension.
+        collapse_rank_fraction: warn when the effective rank of the (centred) validation
+            embeddings falls below this fraction of their dimension.
         channels_last: move images to channels-last memory format (faster convolutions with
             bf16 on recent CPUs and GPUs).
     """
@@ -189,7 +189,9 @@ class ContrastiveMethod(LightningModule):
         self.knn_random = copy.deepcopy(self.knn) if stage == "test" else None
         self.alignment = Alignment()
         self.uniformity = Uniformity()
-        self.effective_rank = EffectiveRank()
+        # Centred: post-ReLU features share a large mean that would read as rank ~1.
+        self.effective_rank = EffectiveRank(center=True)
+        self.embedding_std = EmbeddingStd()
 
     def _labels(self, batch: dict) -> Tensor:
         return torch.stack([batch["labels"][a] for a in self.eval_num_classes], dim=1)  # (B, A)
@@ -208,6 +210,7 @@ class ContrastiveMethod(LightningModule):
             return
         self.uniformity.update(features)
         self.effective_rank.update(features)
+        self.embedding_std.update(features)
         view1, view2 = (self._memory_format(self.augment(batch["image"])) for _ in range(2))
         self.alignment.update(self.backbone(view1), self.backbone(view2))
 
@@ -244,13 +247,21 @@ class ContrastiveMethod(LightningModule):
             results[f"{stage}/effective_rank"] = rank.item()
             results[f"{stage}/uniformity"] = self.uniformity.compute().item()
             results[f"{stage}/alignment"] = self.alignment.compute().item()
+            results[f"{stage}/embedding_std"] = self.embedding_std.compute().item()
             dim = self.backbone.num_features
             if rank < self.collapse_rank_fraction * dim:
                 rank_zero_warn(
                     f"embedding collapse: effective rank {rank:.1f} of {dim} dimensions at step "
                     f"{self.global_step} (warning below {self.collapse_rank_fraction:.0%})"
                 )
-        for metric in (self.knn, self.alignment, self.uniformity, self.effective_rank):
+        metrics = (
+            self.knn,
+            self.alignment,
+            self.uniformity,
+            self.effective_rank,
+            self.embedding_std,
+        )
+        for metric in metrics:
             if metric is not None:
                 metric.reset()
         self.log_dict(results)
