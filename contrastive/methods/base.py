@@ -166,8 +166,9 @@ class ContrastiveMethod(LightningModule):
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup)
         schedule = cosine
         if warmup > 0:
+            # lr * (k + 1) / warmup at step k: the full rate is reached on the last warmup step.
             ramp = torch.optim.lr_scheduler.LinearLR(
-                optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup
+                optimizer, start_factor=1.0 / warmup, total_iters=max(1, warmup - 1)
             )
             schedule = torch.optim.lr_scheduler.SequentialLR(
                 optimizer, [ramp, cosine], milestones=[warmup]

@@ -1,0 +1,89 @@
+"""The base method's shared machinery, exercised through SimCLR and a minimal subclass."""
+
+import math
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from contrastive.datamodules import ShapesDataModule
+from contrastive.methods import ContrastiveMethod, SimCLR
+
+
+def _tiny_data(**kwargs) -> ShapesDataModule:
+    args = dict(num_train=64, num_val=32, num_test=32, num_bank=64, batch_size=16)
+    return ShapesDataModule(**{**args, **kwargs})
+
+
+def _trainer(**kwargs) -> Trainer:
+    args = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    return Trainer(**{**args, "enable_model_summary": False, **kwargs})
+
+
+def test_bias_and_norm_parameters_get_no_weight_decay_and_lr_warms_up_then_decays():
+    model = SimCLR(
+        backbone_kwargs={"width": 4},
+        projector_hidden_dim=16,
+        optimizer=lambda groups: torch.optim.SGD(groups, lr=1.0, weight_decay=0.1),
+        warmup_epochs=1,
+    )
+    trainer = _trainer(max_epochs=3, limit_val_batches=0)
+    trainer.fit(model, _tiny_data())  # 4 steps per epoch: 4 of warmup, then 8 of cosine
+    decay, no_decay = trainer.optimizers[0].param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim <= 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert trainer.lr_scheduler_configs[0].interval == "step"
+
+    configured = model.configure_optimizers()  # the same schedule, replayed step by step
+    optimizer, schedule = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    seen = []
+    for _ in range(12):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert seen[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # linear warmup over one epoch
+    assert seen[4:] == pytest.approx([0.5 * (1 + math.cos(math.pi * s / 8)) for s in range(8)])
+
+
+def test_embed_returns_backbone_features_for_uint8_images():
+    model = SimCLR(backbone_kwargs={"width": 4}, projector_hidden_dim=16).eval()
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    features = model.embed(images)
+    assert features.shape == (5, model.backbone.num_features)
+    torch.testing.assert_close(features, model.embed(images.float() / 255))
+
+
+def test_training_batches_get_two_views_of_the_generator_view():
+    model = SimCLR(backbone_kwargs={"width": 4}, projector_hidden_dim=16)
+    image = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    view = torch.full((2, 3, 32, 32), 255, dtype=torch.uint8)
+    first, second = model.make_views({"image": image, "view": view})
+    assert first.mean() < second.mean()  # each source is augmented on its own
+
+
+def test_a_subclass_implements_only_its_loss():
+    class Minimal(ContrastiveMethod):
+        def training_loss(self, batch):
+            first, second = batch["views"]
+            return (self.backbone(first) - self.backbone(second)).pow(2).mean()
+
+    model = Minimal(backbone_kwargs={"width": 4})
+    trainer = _trainer(max_steps=2, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer.fit(model, _tiny_data())
+    assert trainer.global_step == 2
+
+    with pytest.raises(NotImplementedError, match="training_loss"):
+        ContrastiveMethod(backbone_kwargs={"width": 4}).training_loss({})
+
+
+def test_validation_logs_knn_per_attribute_and_the_embedding_metrics():
+    model = SimCLR(backbone_kwargs={"width": 4}, projector_hidden_dim=16)
+    trainer = _trainer(max_steps=1)
+    data = _tiny_data()
+    trainer.fit(model, data)
+    logged = trainer.callback_metrics
+    for name in data.attributes:
+        assert 0.0 <= logged[f"val/knn/{name}"] <= 1.0
+    for name in ("alignment", "uniformity", "effective_rank", "embedding_std"):
+        assert torch.isfinite(logged[f"val/{name}"])
