@@ -24,6 +24,7 @@ from lightning.pytorch.cli import (
 
 import contrastive.datamodules  # noqa: F401  (registers the data modules' short names)
 import contrastive.methods  # noqa: F401  (registers the methods' short names)
+from contrastive.backbones import BackboneWeightsError, UnknownBackboneError
 from contrastive.methods import ContrastiveMethod, NonFiniteLossError
 
 
@@ -113,7 +114,7 @@ def main(args: ArgsType = None) -> None:
         sys.path.insert(0, os.getcwd())
     try:
         ContrastiveCLI(args=args)
-    except (NonFiniteLossError, RunError) as err:
+    except (NonFiniteLossError, RunError, UnknownBackboneError, BackboneWeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
 

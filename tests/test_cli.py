@@ -160,6 +160,14 @@ def test_a_new_run_never_overwrites_an_earlier_one():
     assert sorted(p.name for p in Path("runs/contrastive").iterdir()) == ["version_0", "version_1"]
 
 
+def test_an_unknown_backbone_is_a_one_line_error_with_close_matches(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run("fit", "--model=SimCLR", "--model.backbone=resnt18", "--trainer.max_steps=1")
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "resnt18" in err and "resnet18" in err
+
+
 def test_resume_without_an_earlier_run_is_a_one_line_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         run("fit", "--model=SimCLR", *TINY, "--ckpt_path=last")
