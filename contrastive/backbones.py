@@ -147,17 +147,26 @@ class _Source(NamedTuple):
     names: Callable[[str], list[str]]  # fnmatch pattern -> names without the prefix
 
 
+def check_backbone_name(name: str) -> None:
+    """Raise :class:`UnknownBackboneError`, listing close matches, unless ``name`` is known.
+
+    Cheap (nothing is built), so the CLI checks a config's backbone before instantiating it.
+    """
+    prefix, rest = name.split(":", 1) if ":" in name else ("", name)
+    source = _source(prefix, name)
+    if rest not in source.names(rest):
+        tag = f"{prefix}:" if prefix else ""
+        known = [tag + n for n in source.names("*")]
+        raise _unknown(name, known, f"list_backbones('{tag}*')" if tag else "list_backbones()")
+
+
 def _create_registered(name: str, *, pretrained: bool, **kwargs) -> nn.Module:
-    if name not in _REGISTRY:
-        raise _unknown(name, list(_REGISTRY), "list_backbones()")
+    check_backbone_name(name)
     return _REGISTRY[name](pretrained=pretrained, **kwargs)
 
 
 def _create_timm(name: str, *, pretrained: bool, **kwargs) -> nn.Module:
-    if not timm.is_model(name):
-        raise _unknown(
-            f"timm:{name}", [f"timm:{n}" for n in timm.list_models()], "list_backbones('timm:*')"
-        )
+    check_backbone_name(f"timm:{name}")
     with _fetching(f"'timm:{name}'") if pretrained else contextlib.nullcontext():
         model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
     # Headless forward() returns pre-logits features, head_hidden_size wide; that differs from

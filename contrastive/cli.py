@@ -24,7 +24,7 @@ from lightning.pytorch.cli import (
 
 import contrastive.datamodules  # noqa: F401  (registers the data modules' short names)
 import contrastive.methods  # noqa: F401  (registers the methods' short names)
-from contrastive.backbones import BackboneWeightsError, UnknownBackboneError
+from contrastive.backbones import BackboneWeightsError, UnknownBackboneError, check_backbone_name
 from contrastive.methods import ContrastiveMethod, NonFiniteLossError
 
 
@@ -88,6 +88,9 @@ class ContrastiveCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if "weights_only" in config and config.weights_only is None:
             config.weights_only = True  # checkpoints hold tensors and plain values only
+        backbone = config.get("model.init_args.backbone")
+        if isinstance(backbone, str):  # one clear line rather than jsonargparse's Union dump
+            check_backbone_name(backbone)
         if config.get("ckpt_path") == "last":
             config.ckpt_path = str(_resume_latest_run(config.trainer))
 

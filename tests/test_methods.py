@@ -79,7 +79,7 @@ def test_a_subclass_implements_only_its_loss():
 
 def test_validation_logs_knn_per_attribute_and_the_embedding_metrics():
     model = SimCLR(backbone_kwargs={"width": 4}, projector_hidden_dim=16)
-    trainer = _trainer(max_steps=1)
+    trainer = _trainer(max_steps=1, val_check_interval=1, num_sanity_val_steps=0)
     data = _tiny_data()
     trainer.fit(model, data)
     logged = trainer.callback_metrics
