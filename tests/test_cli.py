@@ -85,10 +85,30 @@ def test_every_shipped_config_fits_and_tests_through_the_cli(config, capsys):
     run("fit", f"--config={config}", *TINY, "--trainer.max_steps=2", "--trainer.max_epochs=1")
     run("test", f"--config={config}", *TINY, "--ckpt_path=last")
     out = capsys.readouterr().out
+    run("validate", f"--config={config}", *TINY, "--ckpt_path=last")
+    run("predict", f"--config={config}", *TINY, "--ckpt_path=last")
     assert "What the embedding knows" in out and "random init" in out
     run_dir = next(Path("runs").glob("*/version_0"))
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    assert (run_dir / "config.yaml").is_file() and (run_dir / "config_1.yaml").is_file()
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "config_3.yaml").is_file()
+
+
+@pytest.mark.parametrize("optimizer", ["torch.optim.SGD", "torch.optim.AdamW", "timm.optim.Lars"])
+def test_optimizers_are_chosen_in_the_config(optimizer):
+    run(
+        "fit",
+        "--model=SimCLR",
+        f"--model.optimizer={optimizer}",
+        "--model.optimizer.init_args.lr=0.1",
+        "--model.optimizer.init_args.weight_decay=0.01",
+        *TINY,
+        "--trainer.max_steps=2",
+    )
+    saved = yaml.safe_load(Path("runs/contrastive/version_0/config.yaml").read_text())
+    assert saved["model"]["init_args"]["optimizer"]["class_path"] == optimizer
+    state = torch.load("runs/contrastive/version_0/checkpoints/last.ckpt", weights_only=True)
+    decay, no_decay = state["optimizer_states"][0]["param_groups"]
+    assert decay["lr"] < 0.1 and decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
 
 
 def test_print_config_shows_the_resolved_method(capsys):
