@@ -6,8 +6,9 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from contrastive.backbones import register_backbone
 from contrastive.datamodules import ShapesDataModule
-from contrastive.methods import ContrastiveMethod, SimCLR
+from contrastive.methods import BYOL, ContrastiveMethod, SimCLR
 
 
 def _tiny_data(**kwargs) -> ShapesDataModule:
@@ -87,3 +88,31 @@ def test_validation_logs_knn_per_attribute_and_the_embedding_metrics():
         assert 0.0 <= logged[f"val/knn/{name}"] <= 1.0
     for name in ("alignment", "uniformity", "effective_rank", "embedding_std"):
         assert torch.isfinite(logged[f"val/{name}"])
+
+
+@register_backbone("test_collapsed")
+def _collapsed(pretrained: bool = False, **kwargs) -> torch.nn.Module:
+    """Every image to the same point: the failure the collapse warning exists for."""
+
+    class Collapsed(torch.nn.Module):
+        num_features = 16
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = torch.nn.Parameter(torch.ones(16))
+
+        def forward(self, x):
+            return self.bias.expand(len(x), -1) + 0 * x.mean()
+
+    return Collapsed()
+
+
+@pytest.mark.parametrize("backbone, collapsed", [("test_collapsed", True), ("small_cnn", False)])
+def test_a_collapsed_embedding_is_flagged_and_a_healthy_one_is_not(backbone, collapsed, recwarn):
+    kwargs = {} if collapsed else {"backbone_kwargs": {"width": 8}}
+    model = BYOL(backbone=backbone, projector_hidden_dim=16, predictor_hidden_dim=16, **kwargs)
+    trainer = _trainer(max_steps=1, val_check_interval=1, num_sanity_val_steps=0)
+    trainer.fit(model, _tiny_data())
+    warned = [w for w in recwarn if "embedding collapse" in str(w.message)]
+    assert bool(warned) == collapsed
+    assert (trainer.callback_metrics["val/effective_rank"] < 2) == collapsed

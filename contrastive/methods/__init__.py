@@ -1,6 +1,8 @@
 """Methods: one LightningModule each, all subclasses of :class:`ContrastiveMethod`."""
 
 from contrastive.methods.base import ContrastiveMethod, NonFiniteLossError
+from contrastive.methods.byol import BYOL
 from contrastive.methods.simclr import SimCLR
+from contrastive.methods.supcon import SupCon
 
-__all__ = ["ContrastiveMethod", "NonFiniteLossError", "SimCLR"]
+__all__ = ["BYOL", "ContrastiveMethod", "NonFiniteLossError", "SimCLR", "SupCon"]

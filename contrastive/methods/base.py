@@ -47,7 +47,7 @@ class ContrastiveMethod(LightningModule):
         knn_k: neighbours of the kNN monitor.
         knn_temperature: temperature of the kNN monitor's weighted vote.
         collapse_rank_fraction: warn when the effective rank of the (centred) validation
-            embeddings falls below this fraction of their dimension.
+            embeddings falls below this fraction of their dimension (and always below 2).
         channels_last: move images to channels-last memory format (faster convolutions with
             bf16 on recent CPUs and GPUs).
     """
@@ -104,7 +104,11 @@ class ContrastiveMethod(LightningModule):
         Returns:
             ``(B, num_features)`` backbone features (before any projection head).
         """
-        return self.backbone(self._memory_format(self.augment.normalize(images)))
+        return self.represent(self._memory_format(self.augment.normalize(images)))
+
+    def represent(self, views: Tensor) -> Tensor:
+        """The representation of normalised float images: the backbone's features by default."""
+        return self.backbone(views)
 
     def gather(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Embeddings and labels from every rank, and where this rank's rows sit among them.
@@ -213,7 +217,7 @@ class ContrastiveMethod(LightningModule):
         self.effective_rank.update(features)
         self.embedding_std.update(features)
         view1, view2 = (self._memory_format(self.augment(batch["image"])) for _ in range(2))
-        self.alignment.update(self.backbone(view1), self.backbone(view2))
+        self.alignment.update(self.represent(view1), self.represent(view2))
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx, random_init=None)
@@ -249,11 +253,12 @@ class ContrastiveMethod(LightningModule):
             results[f"{stage}/uniformity"] = self.uniformity.compute().item()
             results[f"{stage}/alignment"] = self.alignment.compute().item()
             results[f"{stage}/embedding_std"] = self.embedding_std.compute().item()
-            dim = self.backbone.num_features
-            if rank < self.collapse_rank_fraction * dim:
+            dim = self.effective_rank.gram.shape[0]
+            threshold = max(2.0, self.collapse_rank_fraction * dim)  # rank ~1: one point
+            if rank < threshold:
                 rank_zero_warn(
                     f"embedding collapse: effective rank {rank:.1f} of {dim} dimensions at step "
-                    f"{self.global_step} (warning below {self.collapse_rank_fraction:.0%})"
+                    f"{self.global_step} (warning below {threshold:.1f})"
                 )
         metrics = (
             self.knn,

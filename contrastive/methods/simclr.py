@@ -42,9 +42,18 @@ class SimCLR(ContrastiveMethod):
         )
 
     def training_loss(self, batch: dict) -> Tensor:
-        view1, view2 = batch["views"]
-        z = self.projector(self.backbone(torch.cat([view1, view2])))  # (2B, D)
-        b = len(view1)
-        image_ids = distributed.rank() * b + torch.arange(b, device=z.device).repeat(2)  # (2B,)
-        candidates, candidate_ids, positions = self.gather(z, image_ids)  # (world * 2B, D)
-        return info_nce(z, candidates, image_ids, candidate_ids, self.temperature, positions)
+        b = len(batch["views"][0])
+        ids = distributed.rank() * b + torch.arange(b, device=self.device)  # (B,) image ids
+        return self.contrast(batch, ids)
+
+    def contrast(self, batch: dict, labels: Tensor) -> Tensor:
+        """InfoNCE over both views of the global batch; same label = positive pair.
+
+        Args:
+            batch: the training batch, with its two ``"views"``.
+            labels: ``(B,)`` one label per image, shared by its two views.
+        """
+        z = self.projector(self.backbone(torch.cat(batch["views"])))  # (2B, D)
+        labels = labels.repeat(2)  # (2B,)
+        candidates, candidate_labels, positions = self.gather(z, labels)  # (world * 2B, D)
+        return info_nce(z, candidates, labels, candidate_labels, self.temperature, positions)
