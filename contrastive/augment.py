@@ -51,8 +51,9 @@ class Augment(nn.Module):
         if len(mean) != len(std):
             raise ValueError(f"mean and std need one value per channel, got {mean} and {std}")
         self.transforms = nn.Sequential(*transforms)
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        # Saved with the weights: a checkpoint restores the normalisation its encoder expects.
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def to_float(self, images: Tensor) -> Tensor:
         """uint8 ``(B, C, H, W)`` in [0, 255] (or float in [0, 1]) -> float in [0, 1]."""

@@ -116,3 +116,19 @@ def test_a_collapsed_embedding_is_flagged_and_a_healthy_one_is_not(backbone, col
     warned = [w for w in recwarn if "embedding collapse" in str(w.message)]
     assert bool(warned) == collapsed
     assert (trainer.callback_metrics["val/effective_rank"] < 2) == collapsed
+
+
+def test_a_checkpoint_restores_the_normalisation_its_encoder_expects(tmp_path):
+    from contrastive.augment import Augment
+
+    model = SimCLR(
+        backbone_kwargs={"width": 4},
+        projector_hidden_dim=16,
+        augment=Augment(mean=(0.1, 0.2, 0.3), std=(0.5, 0.5, 0.5)),
+    )
+    trainer = _trainer(max_steps=1, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(model, _tiny_data())
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = SimCLR.load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True).eval()
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    torch.testing.assert_close(loaded.embed(images), model.eval().embed(images))
