@@ -2,9 +2,14 @@ import torch
 from ddp import run_ddp
 
 from contrastive import distributed
-from contrastive.methods import SimCLR
+from contrastive.ema import ema_update
+from contrastive.methods import BYOL, SimCLR, SupCon
 
 GLOBAL_BATCH = 8
+# Classes of one image (its other view is the only positive), two and three images.
+LABELS = torch.tensor([0, 1, 1, 2, 2, 2, 3, 4])
+METHODS = {"SimCLR": SimCLR, "SupCon": SupCon}
+TINY = dict(backbone_kwargs={"width": 4}, projector_hidden_dim=16)
 
 
 def _views(seed: int = 0) -> list[torch.Tensor]:
@@ -12,39 +17,69 @@ def _views(seed: int = 0) -> list[torch.Tensor]:
     return [torch.randn(GLOBAL_BATCH, 3, 16, 16, generator=g) for _ in range(2)]
 
 
-def _model() -> SimCLR:
+def _model(cls):
     torch.manual_seed(0)
     # eval(): BatchNorm uses running statistics, so per-rank batches normalise exactly as the
-    # global batch does; what is compared is the loss and its gathering.
-    return SimCLR(
-        backbone="small_cnn", backbone_kwargs={"width": 4}, projector_hidden_dim=16
-    ).eval()
+    # global batch does; what is compared is the loss, its gathering and the updates.
+    return cls(**TINY).eval()
 
 
-def _loss_and_grads(model: SimCLR, views: list[torch.Tensor]):
-    loss = model.training_loss({"views": views})
+def _average_over_ranks(tensors) -> None:
+    """What DDP does after backward: average the gradients over ranks."""
+    if distributed.is_distributed():
+        for t in tensors:
+            torch.distributed.all_reduce(t)
+            t /= distributed.world_size()
+
+
+def _loss_and_grads(method: str, local: slice = slice(None)):
+    model = _model(METHODS[method])
+    batch = {"views": [v[local] for v in _views()], "labels": {"shape": LABELS[local]}}
+    loss = model.training_loss(batch)
     loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    loss = loss.detach()
+    _average_over_ranks([loss, *grads.values()])
+    return loss, grads
 
 
-def _simclr_rank(rank: int, world_size: int):
-    model = _model()
+def _byol_target_after_two_steps(local: slice = slice(None)) -> list[torch.Tensor]:
+    """BYOL's target after two DDP-style steps: averaged gradients, SGD, EMA update."""
+    model = _model(lambda **kw: BYOL(predictor_hidden_dim=16, **kw))
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model.training_loss({"views": [v[local] for v in _views()]}).backward()
+        _average_over_ranks([p.grad for p in model.parameters() if p.grad is not None])
+        optimizer.step()
+        ema_update(model.target_backbone, model.backbone, 0.5)
+        ema_update(model.target_projector, model.projector, 0.5)
+    return [p.detach().clone() for p in model.target_backbone.parameters()]
+
+
+def _rank(rank: int, world_size: int) -> dict:
     local = slice(rank * GLOBAL_BATCH // world_size, (rank + 1) * GLOBAL_BATCH // world_size)
-    loss, grads = _loss_and_grads(model, [v[local] for v in _views()])
-    # What DDP does after backward: average the gradients over ranks.
-    for g in grads.values():
-        torch.distributed.all_reduce(g)
-        g /= world_size
-    torch.distributed.all_reduce(loss)
-    return loss / world_size, grads
+    results = {method: _loss_and_grads(method, local) for method in METHODS}
+    results["byol_target"] = _byol_target_after_two_steps(local)
+    return results
 
 
-def test_simclr_on_two_processes_equals_one_process_on_the_global_batch():
-    expected_loss, expected_grads = _loss_and_grads(_model(), _views())
-    for loss, grads in run_ddp(_simclr_rank):
-        torch.testing.assert_close(loss, expected_loss)
-        for name, g in grads.items():
-            torch.testing.assert_close(g, expected_grads[name], msg=name)
+def test_methods_on_two_processes_equal_one_process_on_the_global_batch():
+    ranks = run_ddp(_rank)
+    for method in METHODS:
+        expected_loss, expected_grads = _loss_and_grads(method)
+        for results in ranks:
+            loss, grads = results[method]
+            torch.testing.assert_close(loss, expected_loss, msg=method)
+            for name, g in grads.items():
+                torch.testing.assert_close(g, expected_grads[name], msg=f"{method} {name}")
+    # BYOL's target stays identical on every rank, and equal to one process's on the global batch.
+    expected_target = _byol_target_after_two_steps()
+    initial = _model(lambda **kw: BYOL(predictor_hidden_dim=16, **kw)).target_backbone
+    assert not torch.equal(next(initial.parameters()), expected_target[0])  # it did move
+    for results in ranks:
+        for got, want in zip(results["byol_target"], expected_target, strict=True):
+            torch.testing.assert_close(got, want)
 
 
 def _gather_rank(rank: int, world_size: int):
