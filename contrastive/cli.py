@@ -4,6 +4,8 @@
 ``--model my_pkg.MyMethod`` picks a method by class path, ``--data`` a data module. Runs log to
 ``runs/<name>/version_N`` (a new version per run, so nothing earlier is overwritten) and
 ``--ckpt_path last`` continues the latest run that has a ``last.ckpt``.
+``contrastive embed|similar --ckpt RUN.ckpt --images ...`` look at a trained embedding (see
+:mod:`contrastive.inspect`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ import contrastive.datamodules  # noqa: F401  (registers the data modules' short
 import contrastive.methods  # noqa: F401  (registers the methods' short names)
 from contrastive.backbones import BackboneWeightsError, UnknownBackboneError, check_backbone_name
 from contrastive.methods import ContrastiveMethod, NonFiniteLossError
+
+# Subcommands outside LightningCLI, for looking at a trained embedding (contrastive/inspect.py).
+INSPECT_COMMANDS = ("embed", "similar")
 
 
 class RunError(RuntimeError):
@@ -115,6 +120,12 @@ def main(args: ArgsType = None) -> None:
     # Like `python -m`, let --model my_pkg.MyMethod find packages in the working directory.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, (list, tuple)) and argv and argv[0] in INSPECT_COMMANDS:
+        from contrastive.inspect import main as inspect_main  # PIL and drawing: only when asked
+
+        inspect_main(list(argv))
+        return
     try:
         ContrastiveCLI(args=args)
     except (NonFiniteLossError, RunError, UnknownBackboneError, BackboneWeightsError) as err:

@@ -1,0 +1,195 @@
+"""``contrastive embed`` and ``contrastive similar`` through the real ``main``, on a tiny run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from contrastive.cli import main
+from contrastive.inspect import nearest, top_pairs
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory) -> Path:
+    """A SimCLR checkpoint after one step on tiny shapes data (32 px, small CNN of width 4)."""
+    root = tmp_path_factory.mktemp("run")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        main(
+            [
+                "fit",
+                "--model=SimCLR",
+                "--data.num_train=64",
+                "--data.num_val=32",
+                "--data.num_test=32",
+                "--data.num_bank=64",
+                "--data.batch_size=16",
+                "--data.eval_batch_size=32",
+                "--model.backbone_kwargs={width: 4}",
+                "--trainer.max_steps=1",
+                f"--trainer.logger.init_args.save_dir={root}/runs",
+                "--trainer.enable_progress_bar=false",
+                "--trainer.enable_model_summary=false",
+            ]
+        )
+    finally:
+        os.chdir(cwd)
+    path = root / "runs" / "contrastive" / "version_0" / "checkpoints" / "last.ckpt"
+    assert path.is_file(), f"expected a checkpoint at {path}"
+    return path
+
+
+@pytest.fixture(scope="session")
+def ckpt2(ckpt, tmp_path_factory) -> Path:
+    """A second model: the first with its weights perturbed, so its similarities differ."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    gen = torch.Generator().manual_seed(0)
+    for name, tensor in state["state_dict"].items():
+        if tensor.is_floating_point() and "running" not in name:  # BN statistics stay valid
+            tensor.add_(0.5 * torch.randn(tensor.shape, generator=gen))
+    path = tmp_path_factory.mktemp("other") / "other.ckpt"
+    torch.save(state, path)
+    return path
+
+
+def _picture(seed: int, size: int = 40) -> np.ndarray:
+    """A smooth random picture (H, W, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((size, size), Image.Resampling.BILINEAR))
+
+
+@pytest.fixture()
+def folder(tmp_path) -> Path:
+    """PNGs (one grayscale, one RGBA, one a byte copy of another), a corrupt PNG, a text file."""
+    d = tmp_path / "images"
+    (d / "sub").mkdir(parents=True)
+    for k in range(4):
+        Image.fromarray(_picture(k)).save(d / f"img{k}.png")
+    Image.fromarray(_picture(10)).convert("L").save(d / "sub" / "gray.png")
+    Image.fromarray(_picture(11)).convert("RGBA").save(d / "sub" / "rgba.png")
+    shutil.copy(d / "img2.png", d / "sub" / "copy_of_img2.png")
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def _cli(*args: str) -> None:
+    main([*args, "--no-progress", "--device", "cpu"])
+
+
+def test_embed_folder(ckpt, folder, tmp_path, capsys):
+    out = tmp_path / "emb.npy"
+    _cli("embed", "--ckpt", str(ckpt), "--images", str(folder), "--out", str(out))
+    z = np.load(out)
+    ids = (tmp_path / "emb.ids.txt").read_text().splitlines()
+    expected = sorted(
+        p for p in folder.rglob("*.png") if p.name != "broken.png"
+    )  # sorted paths, the corrupt one skipped
+    assert ids == [str(p) for p in expected]
+    assert z.dtype == np.float32 and z.shape[0] == 7 and z.ndim == 2 and z.shape[1] > 0
+    assert np.isfinite(z).all()
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable" in err and "broken.png" in err
+    # the byte-identical copy embeds identically
+    assert np.allclose(z[ids.index(str(folder / "img2.png"))], z[ids.index(str(expected[4]))])
+
+    with pytest.raises(SystemExit) as exit_info:  # never overwrites
+        _cli("embed", "--ckpt", str(ckpt), "--images", str(folder), "--out", str(out))
+    assert exit_info.value.code == 1
+    assert "exists" in capsys.readouterr().err
+    _cli("embed", "--ckpt", str(ckpt), "--images", str(folder), "--out", str(out), "--overwrite")
+
+
+def test_embed_manifest_and_shapes(ckpt, folder, tmp_path):
+    manifest = folder / "list.txt"
+    manifest.write_text("# two images\nimg3.png\n\nsub/gray.png\n" + f"{folder / 'img0.png'}\n")
+    out = tmp_path / "m.npy"
+    _cli("embed", "--ckpt", str(ckpt), "--images", str(manifest), "--out", str(out))
+    ids = (tmp_path / "m.ids.txt").read_text().splitlines()
+    assert ids == [str(folder / "img3.png"), str(folder / "sub/gray.png"), str(folder / "img0.png")]
+    assert np.load(out).shape[0] == 3
+
+    out = tmp_path / "s.npy"
+    _cli("embed", "--ckpt", str(ckpt), "--images", "shapes:64", "--out", str(out))
+    ids = (tmp_path / "s.ids.txt").read_text().splitlines()
+    assert ids == [f"shapes:test:{i}" for i in range(64)]
+    assert np.load(out).shape[0] == 64
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [("missing_dir", "no such folder"), ("empty", "no images"), ("shapes:x", "shapes:N")],
+)
+def test_user_mistakes_are_one_line(ckpt, tmp_path, monkeypatch, capsys, images, message):
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        _cli("embed", "--ckpt", str(ckpt), "--images", images, "--out", "x.npy")
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit):
+        _cli("embed", "--ckpt", "nope.ckpt", "--images", "empty", "--out", "x.npy")
+    assert "checkpoint not found: nope.ckpt" in capsys.readouterr().err
+
+
+def _table(stdout: str) -> list[list[str]]:
+    return [line.split("\t") for line in stdout.strip().splitlines()[1:]]
+
+
+def test_similar_pairs_query_and_compare(ckpt, ckpt2, folder, tmp_path, capsys):
+    out = tmp_path / "pairs.png"
+    _cli("similar", "--ckpt", str(ckpt), "--images", str(folder), "--top", "3", "--out", str(out))
+    rows = _table(capsys.readouterr().out)
+    assert len(rows) == 3
+    assert {rows[0][2], rows[0][3]} == {
+        str(folder / "img2.png"),
+        str(folder / "sub/copy_of_img2.png"),
+    }
+    assert float(rows[0][1]) == pytest.approx(1.0, abs=1e-4)
+    assert float(rows[0][1]) >= float(rows[1][1]) >= float(rows[2][1])
+    with Image.open(out) as grid:
+        assert grid.width > 0 and grid.height > 0
+
+    out = tmp_path / "query.png"
+    query = str(folder / "img2.png")
+    _cli("similar", "--ckpt", str(ckpt), "--images", str(folder), "--query", query, "--top", "2",
+         "--out", str(out), "--compare-ckpt", str(ckpt2))  # fmt: skip
+    rows = _table(capsys.readouterr().out)
+    assert len(rows) == 2 and len(rows[0]) == 5  # rank, cosine, compare, a, b
+    assert rows[0][3] == query and rows[0][4] == str(folder / "sub/copy_of_img2.png")
+    assert all(row[4] != query for row in rows)  # the query itself is excluded
+    assert float(rows[0][1]) == pytest.approx(1.0, abs=1e-4)
+    assert float(rows[0][2]) == pytest.approx(1.0, abs=1e-4)  # identical images in any model
+    assert float(rows[1][2]) != pytest.approx(float(rows[1][1]), abs=1e-6)
+    assert Image.open(out).size[0] > 0
+
+
+def test_top_pairs_matches_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(53, 8, generator=gen), dim=1)
+    full = (z @ z.T).triu(1)
+    full[torch.ones_like(full, dtype=torch.bool).tril()] = float("-inf")
+    want, flat = full.flatten().topk(20)
+    want_pairs = [(int(f) // 53, int(f) % 53) for f in flat]
+    for chunk in (1, 7, 53, 100):
+        scores, i, j = top_pairs(z, 20, chunk_size=chunk)
+        assert torch.allclose(scores, want)
+        assert list(zip(i.tolist(), j.tolist(), strict=True)) == want_pairs
+    scores, i, j = top_pairs(z[:3], 10, chunk_size=2)  # fewer pairs than asked: all 3 of them
+    assert len(scores) == 3 and bool((i < j).all())
+
+
+def test_nearest_excludes_the_query_row():
+    z = torch.eye(4)
+    z[1] = z[0]
+    scores, index = nearest(z, z[0], k=2, exclude=0)
+    assert index[0] == 1 and scores[0] == 1.0 and 0 not in index.tolist()
