@@ -5,7 +5,7 @@
 ``runs/<name>/version_N`` (a new version per run, so nothing earlier is overwritten) and
 ``--ckpt_path last`` continues the latest run that has a ``last.ckpt``.
 ``contrastive embed|similar --ckpt RUN.ckpt --images ...`` look at a trained embedding (see
-:mod:`contrastive.inspect`).
+:mod:`contrastive.explore`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import contrastive.methods  # noqa: F401  (registers the methods' short names)
 from contrastive.backbones import BackboneWeightsError, UnknownBackboneError, check_backbone_name
 from contrastive.methods import ContrastiveMethod, NonFiniteLossError
 
-# Subcommands outside LightningCLI, for looking at a trained embedding (contrastive/inspect.py).
+# Subcommands outside LightningCLI, for looking at a trained embedding (contrastive/explore.py).
 INSPECT_COMMANDS = ("embed", "similar")
 
 
@@ -122,9 +122,9 @@ def main(args: ArgsType = None) -> None:
         sys.path.insert(0, os.getcwd())
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, (list, tuple)) and argv and argv[0] in INSPECT_COMMANDS:
-        from contrastive.inspect import main as inspect_main  # PIL and drawing: only when asked
+        from contrastive.explore import main as explore_main  # PIL and drawing: only when asked
 
-        inspect_main(list(argv))
+        explore_main(list(argv))
         return
     try:
         ContrastiveCLI(args=args)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from contrastive.cli import main
-from contrastive.inspect import nearest, top_pairs
+from contrastive.explore import nearest, top_pairs
 
 
 @pytest.fixture(scope="session")
