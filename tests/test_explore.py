@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_cli import TINY
 
 from contrastive.cli import main
 from contrastive.explore import nearest, top_pairs
@@ -22,23 +23,7 @@ def ckpt(tmp_path_factory) -> Path:
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        main(
-            [
-                "fit",
-                "--model=SimCLR",
-                "--data.num_train=64",
-                "--data.num_val=32",
-                "--data.num_test=32",
-                "--data.num_bank=64",
-                "--data.batch_size=16",
-                "--data.eval_batch_size=32",
-                "--model.backbone_kwargs={width: 4}",
-                "--trainer.max_steps=1",
-                f"--trainer.logger.init_args.save_dir={root}/runs",
-                "--trainer.enable_progress_bar=false",
-                "--trainer.enable_model_summary=false",
-            ]
-        )
+        main(["fit", "--model=SimCLR", *TINY, "--trainer.max_steps=1"])
     finally:
         os.chdir(cwd)
     path = root / "runs" / "contrastive" / "version_0" / "checkpoints" / "last.ckpt"
