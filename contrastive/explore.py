@@ -28,7 +28,7 @@ SHAPES_PREFIX = "shapes:"
 DEFAULT_IMAGE_SIZE = 224  # when the checkpoint does not record the training image size
 
 
-class InspectError(RuntimeError):
+class ExploreError(RuntimeError):
     """A user mistake (missing file, empty folder, existing output), reported as one line."""
 
 
@@ -76,7 +76,7 @@ def image_source(spec: str, image_size: int) -> ImageSource:
 
         n = spec[len(SHAPES_PREFIX) :]
         if not n.isdigit() or int(n) < 1:
-            raise InspectError(f"--images {spec}: expected shapes:N with N >= 1, e.g. shapes:512")
+            raise ExploreError(f"--images {spec}: expected shapes:N with N >= 1, e.g. shapes:512")
         shapes = ShapesDataset(int(n), image_size, split="test")
         return ImageSource([f"shapes:test:{i}" for i in range(int(n))], shapes=shapes)
     root = Path(spec).expanduser()
@@ -90,7 +90,7 @@ def image_source(spec: str, image_size: int) -> ImageSource:
         candidates = [root] if is_image else _read_manifest(root)
         where = f"manifest {spec}"
     else:
-        raise InspectError(f"--images {spec}: no such folder or manifest file")
+        raise ExploreError(f"--images {spec}: no such folder or manifest file")
     paths, seen = [], set()
     for path in candidates:
         key = os.path.realpath(path)
@@ -98,7 +98,7 @@ def image_source(spec: str, image_size: int) -> ImageSource:
             seen.add(key)
             paths.append(path)
     if not paths:
-        raise InspectError(f"--images: no images in {where} (extensions {IMAGE_EXTENSIONS})")
+        raise ExploreError(f"--images: no images in {where} (extensions {IMAGE_EXTENSIONS})")
     return ImageSource([str(p) for p in paths], paths=paths)
 
 
@@ -149,17 +149,17 @@ def load_method(ckpt: str | Path, device: torch.device):
     """
     path = Path(ckpt).expanduser()
     if not path.is_file():
-        raise InspectError(f"checkpoint not found: {ckpt}")
+        raise ExploreError(f"checkpoint not found: {ckpt}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         class_path = state["hyper_parameters"]["_class_path"]
     except Exception as err:
-        raise InspectError(f"{ckpt} is not a contrastive checkpoint: {err}") from None
+        raise ExploreError(f"{ckpt} is not a contrastive checkpoint: {err}") from None
     module_name, _, class_name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as err:
-        raise InspectError(f"{ckpt}: cannot import the method {class_path}: {err}") from None
+        raise ExploreError(f"{ckpt}: cannot import the method {class_path}: {err}") from None
     model = cls.load_from_checkpoint(path, map_location=device, weights_only=True)
     image_size = (state.get("datamodule_hyper_parameters") or {}).get("image_size")
     return model.eval().to(device), image_size
@@ -207,7 +207,7 @@ def embed_source(
     if bar is not None:
         bar.close()
     if not rows:
-        raise InspectError(f"none of the {len(source)} images could be read: {_first(skipped)}")
+        raise ExploreError(f"none of the {len(source)} images could be read: {_first(skipped)}")
     z = torch.cat(chunks)  # (N, D)
     return Embeddings(z, [source.ids[i] for i in rows], rows, skipped)
 
@@ -323,7 +323,7 @@ def draw_grid(
 
 def _check_new(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
-        raise InspectError(f"{path} exists; pass --overwrite to replace it")
+        raise ExploreError(f"{path} exists; pass --overwrite to replace it")
 
 
 def _embed_with(args, ckpt: str, device: torch.device, source: ImageSource | None = None):
@@ -363,7 +363,7 @@ def run_similar(args: argparse.Namespace) -> list[dict]:
     out = Path(args.out)
     _check_new(out, args.overwrite)
     if args.top < 1:
-        raise InspectError(f"--top must be >= 1, got {args.top}")
+        raise ExploreError(f"--top must be >= 1, got {args.top}")
     device = resolve_device(args.device)
     emb, source = _embed_with(args, args.ckpt, device)
     z = torch.nn.functional.normalize(emb.z.to(device), dim=1)  # (N, D), unit rows
@@ -373,7 +373,7 @@ def run_similar(args: argparse.Namespace) -> list[dict]:
         query = query_emb = None
     else:
         if not Path(args.query).is_file():
-            raise InspectError(f"--query {args.query}: no such file")
+            raise ExploreError(f"--query {args.query}: no such file")
         query = ImageSource([args.query], paths=[Path(args.query)])
         query_emb, _ = _embed_with(args, args.ckpt, device, query)
         same = os.path.realpath(args.query)
@@ -471,6 +471,6 @@ def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     try:
         run_embed(args) if args.command == "embed" else run_similar(args)
-    except InspectError as err:
+    except ExploreError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
