@@ -266,6 +266,37 @@ def top_pairs(z: Tensor, k: int, chunk_size: int = 4096) -> tuple[Tensor, Tensor
     return best, best_i, best_j
 
 
+def top_pairs_faiss(z: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`top_pairs` through faiss (exact inner-product index), for large collections.
+
+    Exact too: a pair among the ``k`` best overall has each member among the other's ``k``
+    nearest neighbours, so searching every row's ``k + 1`` neighbours (itself included) and
+    keeping the best ``i < j`` pairs finds them. Needs ``pip install faiss-cpu`` (or faiss-gpu).
+    """
+    import faiss
+
+    x = np.ascontiguousarray(z.detach().float().cpu().numpy())  # (N, D)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    scores, neighbours = index.search(x, min(k + 1, len(x)))  # (N, k + 1) each
+    rows = np.repeat(np.arange(len(x)), neighbours.shape[1])
+    cols, flat = neighbours.ravel(), scores.ravel()
+    keep = (cols > rows) & (cols >= 0)  # each pair once (i < j); -1 marks "no neighbour"
+    rows, cols, flat = rows[keep], cols[keep], flat[keep]
+    order = np.argsort(-flat, kind="stable")[:k]
+    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a[order]))  # noqa: E731
+    return as_tensor(flat), as_tensor(rows).long(), as_tensor(cols).long()
+
+
+def faiss_available() -> bool:
+    """Whether faiss can be imported (it is optional)."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def nearest(z: Tensor, query: Tensor, k: int, exclude: int | None = None) -> tuple[Tensor, Tensor]:
     """The ``k`` rows of ``z`` (``(N, D)``) with the largest dot product with ``query`` (``(D,)``).
 
@@ -368,7 +399,13 @@ def run_similar(args: argparse.Namespace) -> list[dict]:
     emb, source = _embed_with(args, args.ckpt, device)
     z = torch.nn.functional.normalize(emb.z.to(device), dim=1)  # (N, D), unit rows
     if args.query is None:
-        scores, i, j = top_pairs(z, args.top, args.chunk_size)
+        use_faiss = args.search == "faiss" or (args.search == "auto" and faiss_available())
+        if args.search == "faiss" and not faiss_available():
+            raise ExploreError("--search faiss: faiss is not installed (pip install faiss-cpu)")
+        if use_faiss:
+            scores, i, j = top_pairs_faiss(z, args.top)
+        else:
+            scores, i, j = top_pairs(z, args.top, args.chunk_size)
         pairs = [(int(a), int(b), float(s)) for a, b, s in zip(i, j, scores, strict=True)]
         query = query_emb = None
     else:
@@ -463,6 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
     similar.add_argument("--query", default=None, help="an image: its neighbours, not pairs")
     similar.add_argument("--compare-ckpt", default=None, help="a second model's similarities")
     similar.add_argument("--chunk-size", type=int, default=4096, help="rows scored at once")
+    similar.add_argument(
+        "--search",
+        choices=["auto", "torch", "faiss"],
+        default="auto",
+        help="pair search: faiss when installed (auto), else exact chunked torch",
+    )
     return parser
 
 

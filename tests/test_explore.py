@@ -13,7 +13,7 @@ from PIL import Image
 from test_cli import TINY
 
 from contrastive.cli import main
-from contrastive.explore import nearest, top_pairs
+from contrastive.explore import nearest, top_pairs, top_pairs_faiss
 
 
 @pytest.fixture(scope="session")
@@ -170,6 +170,20 @@ def test_top_pairs_matches_brute_force():
         assert torch.allclose(scores, want)
         assert list(zip(i.tolist(), j.tolist(), strict=True)) == want_pairs
     scores, i, j = top_pairs(z[:3], 10, chunk_size=2)  # fewer pairs than asked: all 3 of them
+    assert len(scores) == 3 and bool((i < j).all())
+
+
+def test_faiss_pair_search_equals_the_exact_torch_search():
+    pytest.importorskip("faiss")
+    gen = torch.Generator().manual_seed(1)
+    z = torch.nn.functional.normalize(torch.randn(300, 16, generator=gen), dim=1)
+    want_scores, want_i, want_j = top_pairs(z, 25, chunk_size=64)
+    scores, i, j = top_pairs_faiss(z, 25)
+    torch.testing.assert_close(scores, want_scores, rtol=1e-5, atol=1e-5)
+    assert list(zip(i.tolist(), j.tolist(), strict=True)) == list(
+        zip(want_i.tolist(), want_j.tolist(), strict=True)
+    )
+    scores, i, j = top_pairs_faiss(z[:3], 10)  # fewer pairs than asked: all 3 of them
     assert len(scores) == 3 and bool((i < j).all())
 
 
