@@ -86,3 +86,28 @@ def test_representation_layer_is_configurable():
 def test_bad_momenta_are_rejected():
     with pytest.raises(ValueError, match="base_momentum"):
         _byol(base_momentum=0.9, final_momentum=0.5)
+
+
+def test_the_target_moves_once_per_optimizer_step_under_gradient_accumulation():
+    model = _byol(base_momentum=0.5, final_momentum=0.5)  # constant: every update shows
+    data = ShapesDataModule(num_train=64, num_bank=64, num_val=32, num_test=32, batch_size=16)
+    updates = []
+    original = BYOL.on_train_batch_end
+
+    def counting(self, outputs, batch, batch_idx):
+        before = next(self.target_backbone.parameters()).clone()
+        original(self, outputs, batch, batch_idx)
+        updates.append(not torch.equal(before, next(self.target_backbone.parameters())))
+
+    model.on_train_batch_end = counting.__get__(model)
+    trainer = Trainer(
+        max_steps=2,
+        accumulate_grad_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, data)
+    assert updates == [False, True, False, True]  # 4 micro-batches, 2 optimizer steps

@@ -58,6 +58,7 @@ class BYOL(ContrastiveMethod):
         self.target_backbone = frozen_copy(self.backbone)
         self.target_projector = frozen_copy(self.projector)
         self.momentum = base_momentum
+        self._ema_step = 0  # the optimizer step the target was last updated at
 
     def training_loss(self, batch: dict) -> Tensor:
         views = torch.cat(batch["views"])  # (2B, C, H, W): view 1 then view 2
@@ -69,6 +70,9 @@ class BYOL(ContrastiveMethod):
         return byol_loss(predictions, swapped)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.global_step == self._ema_step:  # accumulating gradients: no optimizer step yet
+            return
+        self._ema_step = self.global_step
         total = int(self.trainer.estimated_stepping_batches)
         self.momentum = cosine_momentum(
             self.global_step, total, self.base_momentum, self.final_momentum
