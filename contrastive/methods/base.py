@@ -138,7 +138,9 @@ class ContrastiveMethod(LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self.training_loss(batch)
-        if not torch.isfinite(loss):
+        # All ranks stop together: one rank raising alone would leave the others waiting.
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)))
+        if not finite:
             last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none"
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
