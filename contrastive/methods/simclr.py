@@ -7,7 +7,7 @@ from torch import Tensor
 
 from contrastive import distributed
 from contrastive.heads import ProjectionHead
-from contrastive.losses import info_nce
+from contrastive.losses import info_nce, info_nce_tiled
 from contrastive.methods.base import ContrastiveMethod
 
 
@@ -22,6 +22,9 @@ class SimCLR(ContrastiveMethod):
         projector_hidden_dim: hidden width of the projection MLP.
         projector_dim: output width of the projection MLP (the space the loss sees).
         projector_layers: number of linear layers of the projection MLP.
+        tiled: compute the loss with :func:`info_nce_tiled`, in memory linear in the global
+            batch instead of quadratic; same value and gradients, one extra matmul pass.
+        tile_size: rows and columns per tile when ``tiled``.
         **kwargs: :class:`ContrastiveMethod` arguments (backbone, augment, optimizer, ...).
     """
 
@@ -31,12 +34,17 @@ class SimCLR(ContrastiveMethod):
         projector_hidden_dim: int = 2048,
         projector_dim: int = 128,
         projector_layers: int = 2,
+        tiled: bool = False,
+        tile_size: int = 1024,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if tile_size < 1:
+            raise ValueError(f"tile_size must be >= 1, got {tile_size}")
         self.temperature = temperature
+        self.tiled, self.tile_size = tiled, tile_size
         self.projector = ProjectionHead(
             self.backbone.num_features, projector_hidden_dim, projector_dim, projector_layers
         )
@@ -56,4 +64,7 @@ class SimCLR(ContrastiveMethod):
         z = self.projector(self.backbone(torch.cat(batch["views"])))  # (2B, D)
         labels = labels.repeat(2)  # (2B,)
         candidates, candidate_labels, positions = self.gather(z, labels)  # (world * 2B, D)
-        return info_nce(z, candidates, labels, candidate_labels, self.temperature, positions)
+        args = (z, candidates, labels, candidate_labels, self.temperature, positions)
+        if self.tiled:
+            return info_nce_tiled(*args, block_size=self.tile_size)
+        return info_nce(*args)
