@@ -46,18 +46,7 @@ def info_nce(
         The mean loss over anchors that have at least one positive: a scalar tensor, float32
         (float64 for float64 inputs).
     """
-    if anchors.ndim != 2 or candidates.ndim != 2 or anchors.shape[1] != candidates.shape[1]:
-        raise ValueError(
-            f"expected anchors (N, D) and candidates (M, D), got {tuple(anchors.shape)} "
-            f"and {tuple(candidates.shape)}"
-        )
-    if anchor_labels.shape != anchors.shape[:1] or candidate_labels.shape != candidates.shape[:1]:
-        raise ValueError(
-            f"expected labels ({anchors.shape[0]},) and ({candidates.shape[0]},), got "
-            f"{tuple(anchor_labels.shape)} and {tuple(candidate_labels.shape)}"
-        )
-    if not torch.is_tensor(temperature) and temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_info_nce_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature)
     # float32 whatever the autocast dtype: exp(s / T) with T ~ 0.1 loses too much in bf16.
     with torch.autocast(anchors.device.type, enabled=False):
         dtype = torch.promote_types(anchors.dtype, torch.float32)  # float64 stays float64
@@ -162,7 +151,7 @@ def _check_info_nce_inputs(
     candidate_labels: Tensor,
     temperature: float | Tensor,
 ) -> None:
-    """The shape and temperature checks of :func:`info_nce`, with its messages."""
+    """The shape and temperature checks shared by :func:`info_nce` and :func:`info_nce_tiled`."""
     if anchors.ndim != 2 or candidates.ndim != 2 or anchors.shape[1] != candidates.shape[1]:
         raise ValueError(
             f"expected anchors (N, D) and candidates (M, D), got {tuple(anchors.shape)} "
