@@ -8,7 +8,12 @@ from contrastive.methods import BYOL, SimCLR, SupCon
 GLOBAL_BATCH = 8
 # Classes of one image (its other view is the only positive), two and three images.
 LABELS = torch.tensor([0, 1, 1, 2, 2, 2, 3, 4])
-METHODS = {"SimCLR": SimCLR, "SupCon": SupCon}
+METHODS = {
+    "SimCLR": SimCLR,
+    "SupCon": SupCon,
+    # Tiles that divide neither the local (8) nor the gathered (16) rows.
+    "SimCLR tiled": lambda **kw: SimCLR(tiled=True, tile_size=3, **kw),
+}
 TINY = dict(backbone_kwargs={"width": 4}, projector_hidden_dim=16)
 
 
