@@ -1,8 +1,7 @@
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from test_methods import _tiny_data, _trainer
 
-from contrastive.datamodules import ShapesDataModule
 from contrastive.losses import byol_loss
 from contrastive.methods import BYOL
 
@@ -55,17 +54,9 @@ def test_no_gradient_reaches_the_target_and_every_online_parameter_gets_one():
 
 def test_training_updates_the_target_by_ema_and_gives_it_no_optimizer_state():
     model = _byol(base_momentum=0.5, final_momentum=1.0)
-    data = ShapesDataModule(num_train=64, num_bank=64, num_val=32, num_test=32, batch_size=16)
     start = [p.clone() for p in model.target_backbone.parameters()]
-    trainer = Trainer(
-        max_steps=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(model, data)
+    trainer = _trainer(max_steps=4, limit_val_batches=0)
+    trainer.fit(model, _tiny_data())
     optimized = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
     target = list(model.target_backbone.parameters()) + list(model.target_projector.parameters())
     assert not optimized & {id(p) for p in target}
@@ -90,7 +81,6 @@ def test_bad_momenta_are_rejected():
 
 def test_the_target_moves_once_per_optimizer_step_under_gradient_accumulation():
     model = _byol(base_momentum=0.5, final_momentum=0.5)  # constant: every update shows
-    data = ShapesDataModule(num_train=64, num_bank=64, num_val=32, num_test=32, batch_size=16)
     updates = []
     original = BYOL.on_train_batch_end
 
@@ -100,14 +90,6 @@ def test_the_target_moves_once_per_optimizer_step_under_gradient_accumulation():
         updates.append(not torch.equal(before, next(self.target_backbone.parameters())))
 
     model.on_train_batch_end = counting.__get__(model)
-    trainer = Trainer(
-        max_steps=2,
-        accumulate_grad_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(model, data)
+    trainer = _trainer(max_steps=2, accumulate_grad_batches=2, limit_val_batches=0)
+    trainer.fit(model, _tiny_data())
     assert updates == [False, True, False, True]  # 4 micro-batches, 2 optimizer steps
