@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from contrastive.datamodules.common import Collate, Tokenizer
+
 ATTRIBUTES: tuple[str, ...] = (
     "shape",
     "color",
@@ -516,6 +518,7 @@ class ShapesDataModule(lightning.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self._datasets: dict[str, ShapesDataset] = {}
+        self.tokenizer: Tokenizer | None = None  # set by methods that read captions (CLIP)
 
     @property
     def attributes(self) -> tuple[str, ...]:
@@ -554,6 +557,7 @@ class ShapesDataModule(lightning.LightningDataModule):
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            collate_fn=Collate(self.tokenizer),
         )
 
     def train_dataloader(self) -> DataLoader:

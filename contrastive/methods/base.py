@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import torch
 from lightning.pytorch import LightningModule
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from contrastive import distributed
 from contrastive.augment import Augment
 from contrastive.backbones import create_backbone
+from contrastive.datamodules.common import SkipReport, Tokenizer
 from contrastive.metrics import Alignment, EffectiveRank, EmbeddingStd, KNNAccuracy, Uniformity
 
 
@@ -76,6 +78,7 @@ class ContrastiveMethod(LightningModule):
         self.knn_temperature = knn_temperature
         self.collapse_rank_fraction = collapse_rank_fraction
         self.channels_last = channels_last
+        self._skipped = SkipReport()
 
     # ---- what a subclass implements ---------------------------------------------------------
 
@@ -91,9 +94,30 @@ class ContrastiveMethod(LightningModule):
         return [self._memory_format(self.augment(s)) for s in sources]
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if isinstance(batch, dict):
+            self._skipped.add(batch.pop("skipped", ()))
         if self._trainer is not None and self.trainer.training:
             batch["views"] = self.make_views(batch)
         return batch
+
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        """What turns captions into the text tower's input; ``None`` for image-only methods.
+
+        In ``setup`` it is handed to the data module (``datamodule.tokenizer``), whose loaders
+        then tokenize in their worker processes.
+        """
+        return None
+
+    def _report_skipped(self, where: str) -> None:
+        summary = self._skipped.summary(where)
+        if summary is not None:
+            rank = f"rank {distributed.rank()} " if distributed.is_distributed() else ""
+            warnings.warn(rank + summary, stacklevel=1)
+        self._skipped.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._report_skipped(f"train epoch {self.current_epoch}")
 
     def embed(self, images: Tensor) -> Tensor:
         """The representation of images for downstream use.
@@ -188,6 +212,8 @@ class ContrastiveMethod(LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
+        if self.tokenizer is not None and hasattr(datamodule, "tokenizer"):
+            datamodule.tokenizer = self.tokenizer
         self.eval_num_classes = dict(getattr(datamodule, "num_classes", None) or {})
         num_classes = list(self.eval_num_classes.values())
         self.knn = (
@@ -276,9 +302,11 @@ class ContrastiveMethod(LightningModule):
         return results
 
     def on_validation_epoch_end(self) -> None:
+        self._report_skipped(f"validation at step {self.global_step}")
         self._log_embedding_metrics("val")
 
     def on_test_epoch_end(self) -> None:
+        self._report_skipped("test")
         trained = self._log_embedding_metrics("test")
         if self.knn_random is None or self.knn_random.update_count == 0:
             return

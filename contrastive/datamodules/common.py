@@ -1,0 +1,93 @@
+"""What every data module shares: skipping bad samples, and collating with a tokenizer.
+
+A dataset that cannot use a sample (a missing or corrupt image, an empty caption) returns a
+:class:`Skipped` in its place instead of raising, so one bad file never stops an epoch. The
+loader's :class:`Collate` drops it from the batch and passes it on under ``batch["skipped"]``
+(present only when a sample was skipped);
+the method counts them with a :class:`SkipReport` and warns once per epoch, naming the first few.
+
+Methods that read text (CLIP) give the data module their tokenizer (``datamodule.tokenizer``),
+and :class:`Collate` tokenizes ``batch["caption"]`` into ``batch["tokens"]`` in the loader's
+worker processes, off the training step's critical path.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from torch.utils.data import default_collate
+
+
+class Skipped(NamedTuple):
+    """A sample a dataset could not use, returned in its place.
+
+    Attributes:
+        source: What the user can look up: a file path, ``manifest.csv:12`` or a shard key.
+        reason: Why, in a few words (``"missing image"``, ``"empty caption"``, ...).
+    """
+
+    source: str
+    reason: str
+
+
+Tokenizer = Callable[[list[str]], Any]  # captions -> token ids (a tensor or a dict of tensors)
+
+
+class Collate:
+    """``collate_fn`` of the project's loaders: drops :class:`Skipped` samples, tokenizes captions.
+
+    Picklable (a plain object holding the tokenizer), so it also works with spawned workers.
+
+    Args:
+        tokenizer: ``list[str] -> tokens``; when set and the batch has ``"caption"``, the
+            batch gets ``"tokens"`` too.
+    """
+
+    def __init__(self, tokenizer: Tokenizer | None = None) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, samples: Sequence[Any]) -> dict:
+        good = [s for s in samples if not isinstance(s, Skipped)]
+        batch = default_collate(good) if good else {}
+        skipped = [s for s in samples if isinstance(s, Skipped)]
+        if skipped:
+            batch["skipped"] = skipped
+        if self.tokenizer is not None and "caption" in batch:
+            batch["tokens"] = self.tokenizer(list(batch["caption"]))
+        return batch
+
+
+class SkipReport:
+    """Counts skipped samples by reason and remembers the first few, for one warning per epoch.
+
+    Args:
+        keep: How many examples the summary names.
+    """
+
+    def __init__(self, keep: int = 5) -> None:
+        self.keep = keep
+        self.reset()
+
+    def reset(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.examples: list[Skipped] = []
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, skipped: Sequence[Skipped]) -> None:
+        for item in skipped:
+            self.counts[item.reason] += 1
+            if len(self.examples) < self.keep:
+                self.examples.append(Skipped(*item))
+
+    def summary(self, where: str) -> str | None:
+        """One line such as ``train epoch 3: skipped 4 bad samples (missing image: 3, ...)``."""
+        if not self.counts:
+            return None
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in self.counts.most_common())
+        first = "; ".join(f"{s.source} ({s.reason})" for s in self.examples)
+        return f"{where}: skipped {self.total} bad samples ({reasons}); first: {first}"
