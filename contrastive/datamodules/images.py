@@ -1,0 +1,243 @@
+"""Reading one image file into a fixed-size uint8 tensor, or a :class:`Skipped` saying why not.
+
+:func:`load_image` is what every data module that reads image files calls in its loader
+workers (image folders, image-text CSVs, NGA). It never raises for a bad file: a missing,
+empty, corrupt, truncated or non-image file, or one above the pixel limit, comes back as
+``Skipped(path, reason)``, which the loader's ``Collate`` drops and the method reports.
+
+Decoding. The format is told by the file's first bytes, not its name. JPEGs (``FF D8 FF``) go
+through ``torchvision.io.decode_jpeg`` (libjpeg-turbo, CMYK and grayscale handled, EXIF
+orientation applied), faster than Pillow's decoder and resize (``benchmarks/decode.py``);
+anything else goes through Pillow, whose modes are converted to RGB:
+
+==========================  ====================================================
+mode                        conversion
+==========================  ====================================================
+``1``, ``L``, ``P``, CMYK   Pillow's ``convert("RGB")``
+with alpha (RGBA, LA, PA,   composited on white: transparent pixels become white
+P with transparency)        (the colour stored under them is arbitrary, often black)
+``I;16*`` (16-bit gray)     scaled to 8 bits, ``round(v / 257)``; 65535 -> 255
+``I`` (32-bit int)          read as 16-bit, clipped to ``[0, 65535]``, then as above
+``F`` (float)               ``[0, 1]`` if its maximum is at most 1, else ``[0, 255]``
+16-bit RGB(A) PNG           Pillow keeps the high byte when it opens it
+==========================  ====================================================
+
+Resizing. The centre square of the image (side ``min(H, W)``) is resized to ``size`` with
+antialiased bilinear interpolation on uint8 (``torch.nn.functional.interpolate``). That is
+"resize the shorter side to ``size``, then centre crop" with the crop taken first, so no time
+goes into resizing pixels that are then thrown away; the two differ only in the last pixel row
+or column at the crop's edge.
+
+Pixel limit. Decoding a small file can need gigabytes (a decompression bomb), so the size in
+the file's header is checked before any pixel is decoded: the JPEG frame header (SOF) read
+from the bytes, or Pillow's lazy ``Image.open``. Images above ``max_pixels`` are skipped;
+pass a larger ``max_pixels`` to read them (Pillow's own global limit is not consulted).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from contrastive.datamodules.common import Skipped
+
+# Pillow's own default limit (about 89.5 megapixels, 256 MiB of 24-bit RGB): a 12,000 x 7,000
+# photograph passes, a bomb that would decode to several GiB does not.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+# First bytes of other common image formats: a file that starts like one but that Pillow
+# cannot identify is a damaged image rather than some other kind of file.
+_IMAGE_MAGICS = (
+    _JPEG_MAGIC,
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+    b"RIFF",
+)
+# Start-of-frame markers carry the image size: C0-CF except DHT (C4), JPG (C8) and DAC (CC).
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Markers without a length field (TEM, RSTn); SOI and EOI never appear between segments here.
+_STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """``(height, width)`` from a JPEG's frame header, or ``None`` if none is found.
+
+    Walks the marker segments from the start of the file up to the first SOF segment,
+    without decoding anything.
+    """
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker in _STANDALONE_MARKERS:
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in _SOF_MARKERS:
+            if pos + 9 > end:
+                return None
+            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            width = int.from_bytes(data[pos + 7 : pos + 9], "big")
+            return height, width
+        if marker == 0xDA or length < 2:  # start of scan before any frame: not a valid JPEG
+            return None
+        pos += 2 + length
+    return None
+
+
+def resize_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre square of ``image`` resized to ``size`` (antialiased bilinear).
+
+    Args:
+        image: ``(3, H, W)`` uint8.
+        size: Output height and width.
+
+    Returns:
+        ``(3, size, size)`` uint8, contiguous.
+    """
+    _, height, width = image.shape
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = image[:, top : top + side, left : left + side]  # (3, side, side)
+    if side == size:
+        return square.contiguous()
+    out = F.interpolate(
+        square[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )  # (1, 3, size, size) uint8
+    return out[0].contiguous()
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    """A decoded Pillow image as ``(H, W, 3)`` uint8 RGB (see the module docstring's table)."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        gray = np.asarray(im).astype(np.float32)  # (H, W), 16-bit range
+        gray = np.clip(gray, 0, 65535) / 257.0
+        return np.repeat(np.rint(gray).astype(np.uint8)[:, :, None], 3, axis=2)
+    if im.mode == "F":
+        gray = np.asarray(im, dtype=np.float32)
+        scale = 255.0 if gray.size and np.nanmax(gray) <= 1.0 else 1.0
+        gray = np.nan_to_num(np.clip(gray * scale, 0, 255))
+        return np.repeat(np.rint(gray).astype(np.uint8)[:, :, None], 3, axis=2)
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        im.mode == "P" and "transparency" in im.info
+    )
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    return np.array(im.convert("RGB"))  # a writable copy, for torch.from_numpy
+
+
+def _open_pil(data: bytes) -> Image.Image:
+    """Pillow's lazy open, with its global pixel limit off (``load_image`` applies its own)."""
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(io.BytesIO(data))
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _too_large(height: int, width: int, max_pixels: int) -> str | None:
+    if height * width > max_pixels:
+        return f"too many pixels ({width}x{height} > max_pixels {max_pixels})"
+    return None
+
+
+def _failed_reason(data: bytes, error: Exception) -> str:
+    if "truncated" in str(error).lower() or (
+        data.startswith(_JPEG_MAGIC) and not data.rstrip(b"\x00").endswith(b"\xff\xd9")
+    ):
+        return "truncated image"
+    return "corrupt image"
+
+
+def _decode_pil(data: bytes, max_pixels: int) -> np.ndarray | str:
+    """``(H, W, 3)`` uint8 decoded by Pillow, or the reason it could not be."""
+    try:
+        im = _open_pil(data)
+    except UnidentifiedImageError:
+        return "corrupt image" if data.startswith(_IMAGE_MAGICS) else "not an image"
+    except Exception as error:  # Pillow raises many types for a damaged header
+        return _failed_reason(data, error)
+    with im:
+        reason = _too_large(im.height, im.width, max_pixels)
+        if reason is not None:
+            return reason
+        try:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _to_rgb_array(im)
+        except Exception as error:
+            return _failed_reason(data, error)
+
+
+def load_image(
+    path: str | os.PathLike, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> torch.Tensor | Skipped:
+    """Read an image file as a ``(3, size, size)`` uint8 RGB tensor.
+
+    The shorter side is resized to ``size`` and the centre cropped (antialiased), JPEGs are
+    decoded by torchvision and every other format by Pillow; see the module docstring for
+    mode conversions (alpha is composited on white) and the pixel limit.
+
+    Args:
+        path: The image file.
+        size: Output height and width, at least 1.
+        max_pixels: Largest ``height * width`` decoded; larger images are skipped as possible
+            decompression bombs, judged from the header before decoding.
+
+    Returns:
+        The image, or ``Skipped(str(path), reason)`` with ``reason`` one of ``"missing file"``,
+        ``"unreadable file"``, ``"empty file"``, ``"not an image"``, ``"corrupt image"``,
+        ``"truncated image"`` or ``"too many pixels (WxH > max_pixels N)"``. Never raises for
+        a bad file.
+    """
+    if size < 1:
+        raise ValueError(f"size must be >= 1 pixel, got {size}")
+    source = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return Skipped(source, "missing file")
+    except OSError:  # a directory, no permission, an I/O error
+        return Skipped(source, "unreadable file")
+    if not data:
+        return Skipped(source, "empty file")
+
+    if data.startswith(_JPEG_MAGIC):
+        shape = jpeg_size(data)
+        if shape is not None:
+            reason = _too_large(*shape, max_pixels)
+            if reason is not None:
+                return Skipped(source, reason)
+            try:
+                encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                image = decode_jpeg(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+                return resize_center_crop(image, size)
+            except RuntimeError:
+                pass  # Pillow gets a second try, and says why if it fails too
+    decoded = _decode_pil(data, max_pixels)
+    if isinstance(decoded, str):
+        return Skipped(source, decoded)
+    image = torch.from_numpy(decoded).permute(2, 0, 1)  # (3, H, W)
+    return resize_center_crop(image, size)
