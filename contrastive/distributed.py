@@ -27,6 +27,20 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def sizes(n: int, device: torch.device | str = "cpu") -> list[int]:
+    """Every rank's ``n`` (batch sizes differ when a loader skipped bad samples)."""
+    if not is_distributed():
+        return [n]
+    parts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size())]
+    dist.all_gather(parts, torch.tensor([n], dtype=torch.long, device=device))
+    return [int(p) for p in parts]
+
+
+def offset(n: int, device: torch.device | str = "cpu") -> int:
+    """Where this rank's ``n`` rows start in the rank-major concatenation of every rank's rows."""
+    return sum(sizes(n, device)[: rank()])
+
+
 def gather_with_grad(tensor: Tensor) -> Tensor:
     """Concatenate ``tensor`` from every rank along dim 0, keeping the gradient path.
 
@@ -35,22 +49,36 @@ def gather_with_grad(tensor: Tensor) -> Tensor:
     gradient averaging this gives exactly the gradient of the loss on the global batch.
 
     Args:
-        tensor: ``(B, ...)``, the same shape on every rank.
+        tensor: ``(B_r, ...)``; ``B_r`` may differ between ranks, the other dims may not.
 
     Returns:
-        ``(world_size * B, ...)``, rank-major: rows ``r * B : (r + 1) * B`` came from rank ``r``.
+        ``(sum_r B_r, ...)``, rank-major: rank ``r``'s rows follow those of ranks ``< r``.
     """
     if not is_distributed():
         return tensor
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(tensor), dim=0)
+    counts = sizes(len(tensor), tensor.device)
+    parts = all_gather(_pad_rows(tensor, max(counts)))
+    return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)], dim=0)
 
 
 def gather_no_grad(tensor: Tensor) -> Tensor:
-    """Concatenate ``tensor`` (labels, indices) from every rank along dim 0, without gradient."""
+    """Concatenate ``tensor`` (labels, indices) from every rank along dim 0, without gradient.
+
+    Rows per rank may differ, as in :func:`gather_with_grad`.
+    """
     if not is_distributed():
         return tensor
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts, dim=0)
+    counts = sizes(len(tensor), tensor.device)
+    padded = _pad_rows(tensor, max(counts)).contiguous()
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)], dim=0)
+
+
+def _pad_rows(tensor: Tensor, rows: int) -> Tensor:  # (B, ...) -> (rows, ...), zeros below
+    if len(tensor) == rows:
+        return tensor
+    pad = tensor.new_zeros((rows - len(tensor), *tensor.shape[1:]))
+    return torch.cat([tensor, pad], dim=0)

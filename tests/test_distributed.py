@@ -104,6 +104,23 @@ def test_gather_with_grad_is_rank_major_and_sums_gradients_from_every_rank():
         assert ranks.tolist() == [0, 1]
 
 
+def _uneven_rank(rank: int, world_size: int):
+    x = torch.full((3 - 2 * rank, 2), float(rank + 1), requires_grad=True)  # 3 rows, then 1
+    gathered = distributed.gather_with_grad(x)
+    (gathered * torch.arange(len(gathered)).view(-1, 1)).sum().backward()
+    labels = distributed.gather_no_grad(torch.arange(len(x)) + 10 * rank)
+    return gathered.detach(), x.grad, labels, distributed.offset(len(x))
+
+
+def test_gathering_handles_ranks_with_fewer_rows_after_skipped_samples():
+    results = run_ddp(_uneven_rank)
+    for rank, (gathered, grad, labels, offset) in enumerate(results):
+        torch.testing.assert_close(gathered, torch.tensor([[1.0] * 2] * 3 + [[2.0] * 2]))
+        assert labels.tolist() == [0, 1, 2, 10] and offset == [0, 3][rank]
+        rows = torch.arange(offset, offset + len(grad), dtype=torch.float32)
+        torch.testing.assert_close(grad, 2 * rows.view(-1, 1).expand(-1, 2))  # no padding leaks
+
+
 def test_helpers_are_identities_on_one_process():
     x = torch.randn(3, 2)
     assert distributed.gather_with_grad(x) is x and distributed.gather_no_grad(x) is x

@@ -142,16 +142,18 @@ class ContrastiveMethod(LightningModule):
             labels: ``(N,)`` their labels (image ids or classes).
 
         Returns:
-            ``(world * N, D)`` candidates with gradient, their ``(world * N,)`` labels, and the
-            ``(N,)`` positions of the local rows among them. Without ``gather_negatives`` or on
-            one process: the inputs themselves and ``arange(N)``.
+            ``(M, D)`` candidates with gradient (``M`` rows from all ranks), their ``(M,)``
+            labels, and the ``(N,)`` positions of the local rows among them. Without
+            ``gather_negatives`` or on one process: the inputs themselves and ``arange(N)``.
         """
-        n = len(embeddings)
-        positions = torch.arange(n, device=embeddings.device)
         if not self.gather_negatives or not distributed.is_distributed():
-            return embeddings, labels, positions
+            return embeddings, labels, torch.arange(len(embeddings), device=embeddings.device)
         gathered = distributed.gather_with_grad(embeddings)
-        return gathered, distributed.gather_no_grad(labels), positions + distributed.rank() * n
+        return gathered, distributed.gather_no_grad(labels), self.global_ids(len(embeddings))
+
+    def global_ids(self, n: int) -> Tensor:
+        """``(n,)`` ids of this rank's rows, unique across ranks (rank-major, as gathered)."""
+        return distributed.offset(n, self.device) + torch.arange(n, device=self.device)
 
     def _memory_format(self, images: Tensor) -> Tensor:
         return (

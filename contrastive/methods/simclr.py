@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from contrastive import distributed
 from contrastive.heads import ProjectionHead
 from contrastive.losses import info_nce, info_nce_tiled
 from contrastive.methods.base import ContrastiveMethod
@@ -50,9 +49,7 @@ class SimCLR(ContrastiveMethod):
         )
 
     def training_loss(self, batch: dict) -> Tensor:
-        b = len(batch["views"][0])
-        ids = distributed.rank() * b + torch.arange(b, device=self.device)  # (B,) image ids
-        return self.contrast(batch, ids)
+        return self.contrast(batch, self.global_ids(len(batch["views"][0])))  # (B,) image ids
 
     def contrast(self, batch: dict, labels: Tensor) -> Tensor:
         """InfoNCE over both views of the global batch; same label = positive pair.
