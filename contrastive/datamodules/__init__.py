@@ -1,5 +1,11 @@
 """Data modules: one data source each."""
 
+from contrastive.datamodules.imagefolder import ImageFolderDataModule, ImageFolderDataset
 from contrastive.datamodules.shapes import ShapesDataModule, ShapesDataset
 
-__all__ = ["ShapesDataModule", "ShapesDataset"]
+__all__ = [
+    "ImageFolderDataModule",
+    "ImageFolderDataset",
+    "ShapesDataModule",
+    "ShapesDataset",
+]

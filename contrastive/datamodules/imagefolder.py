@@ -1,0 +1,484 @@
+"""Image folders: ImageNet's train and val layouts, or any folder of images, labelled or not.
+
+Layouts (``root`` is scanned once in ``setup``, recursively, in sorted order):
+
+- ``labelled=True`` (ImageNet train): every first-level folder of ``root`` is a class, in
+  sorted order, and holds that class's images at any depth. A ``subset`` file (one class
+  folder name per line, ``#`` comments allowed, e.g. an ImageNet-100 list) keeps only the
+  classes it names, renumbered in sorted order.
+- ``labelled=False``: every image under ``root``, no labels.
+- Held-out images: ``val_root`` when given, else a ``val_fraction`` of ``root`` drawn with
+  ``seed``. ``val_root`` is laid out like ``root`` (class folders), or, with a ``val_labels``
+  file, is ImageNet's val layout: one flat folder and a file of ``filename,class`` lines.
+
+Images are files with a known image extension (``IMAGE_EXTENSIONS``, any case); other files
+(a README, a CSV) are counted and ignored, as are hidden files and folders. The format is
+then told by each file's bytes, and a file that cannot be used (corrupt, truncated, empty, not
+an image, above ``max_pixels``) becomes a :class:`Skipped`: it is dropped from its batch and
+counted, and the method warns once per epoch naming the first few. Decoding, resizing and
+centre cropping happen in the loader workers (:func:`~contrastive.datamodules.images.load_image`),
+so batches arrive as uint8 ``(B, 3, image_size, image_size)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+
+from contrastive.datamodules.common import Collate, Skipped, Tokenizer
+from contrastive.datamodules.images import DEFAULT_MAX_PIXELS, load_image
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".jfif",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+)
+_LABEL = "class"  # the one attribute image folders label
+
+
+class ImageFolderError(ValueError):
+    """A folder, subset file or label file that cannot be used; the message is one line."""
+
+
+def default_num_workers(processes: int = 1) -> int:
+    """Loader workers per training process: the CPUs it may use, less one for itself, up to 8.
+
+    Eight workers decode some 2,000 ImageNet JPEGs a second at 224 px, more than most single
+    GPUs consume with a ResNet-50; more only costs memory.
+
+    Args:
+        processes: Training processes sharing this machine's CPUs (one per device).
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(8, (cpus or 1) // max(1, processes) - 1))
+
+
+def scan_images(folder: Path) -> tuple[list[Path], int]:
+    """Every image file under ``folder``, sorted, and how many other files were ignored.
+
+    Hidden files and folders (names starting with ``.``) are neither listed nor counted.
+    """
+    images, ignored = [], 0
+    for directory, subdirs, files in os.walk(folder, followlinks=True):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                images.append(Path(directory, name))
+            else:
+                ignored += 1
+    return images, ignored
+
+
+def read_name_list(path: Path) -> list[str]:
+    """The names in a list file: one per line, blank lines and ``#`` comments skipped."""
+    names = []
+    for line in Path(path).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.append(line)
+    return names
+
+
+class PathArray:
+    """Many paths in two numpy arrays (bytes and offsets) instead of a list of ``str``.
+
+    DataLoader workers are forked copies of the main process; reading a Python object bumps
+    its reference count and so copies the memory page it sits on into the worker. A list of
+    1.3 million path strings (ImageNet) would be copied into every worker that way, numpy
+    buffers are not.
+    """
+
+    def __init__(self, paths: Sequence[Path | str]) -> None:
+        encoded = [os.fsencode(p) for p in paths]
+        self._offsets = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
+        self._bytes = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index: int) -> str:
+        start, end = self._offsets[index], self._offsets[index + 1]
+        return os.fsdecode(self._bytes[start:end].tobytes())
+
+
+class ImageFolderDataset(Dataset):
+    """Image files read with :func:`load_image`, with their class if labelled.
+
+    Each item is ``{"image": uint8 (3, S, S), "labels": {"class": int}, "index": i, "path": str}``
+    (no ``"labels"`` when unlabelled), or a :class:`Skipped` for a file that cannot be used.
+
+    Args:
+        paths: The image files.
+        labels: The class of each file, or ``None``.
+        image_size: Output height and width ``S`` (shorter side resized, centre cropped).
+        max_pixels: Largest image read, in pixels (see :func:`load_image`).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Path | str],
+        labels: Sequence[int] | None,
+        image_size: int,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        if labels is not None and len(labels) != len(paths):
+            raise ValueError(f"got {len(labels)} labels for {len(paths)} paths")
+        self.paths = PathArray(paths)
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self.image_size = image_size
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict | Skipped:
+        path = self.paths[index]
+        image = load_image(path, self.image_size, self.max_pixels)
+        if isinstance(image, Skipped):
+            return image
+        item = {"image": image, "index": int(index), "path": path}
+        if self.labels is not None:
+            item["labels"] = {_LABEL: int(self.labels[index])}
+        return item
+
+
+class ImageFolderDataModule(lightning.LightningDataModule):
+    """Images from folders on disk: ImageNet's layouts or any folder, labelled or not.
+
+    See the module docstring for the layouts. Validation and test return ``[bank, query]``:
+    ``bank`` is up to ``num_bank`` training images drawn with ``seed`` (no augmentation; the
+    kNN memory), ``query`` the held-out images. Without labels the bank is empty (there is
+    nothing to vote with) and the query still gives the embedding metrics. ``predict`` uses
+    the query images.
+
+    Args:
+        root: The training folder.
+        labelled: Whether ``root``'s first-level folders are classes.
+        val_root: Held-out images, laid out like ``root`` or, with ``val_labels``, flat.
+        val_labels: With ``val_root``: a file of ``filename,class`` lines (comma, tab or space
+            separated; further fields ignored; a first line naming no class is a header). The
+            filename may omit its extension (as in ImageNet's ``LOC_val_solution.csv``); the
+            class is a class folder name, or an integer index into the sorted class folders
+            (as in the Caffe ``val.txt``). Images of classes outside ``subset`` are dropped.
+        subset: A file listing the class folders to keep (one per line).
+        val_fraction: Share of ``root`` held out as the query set when there is no
+            ``val_root``; ``None`` for 0.05 then, and 0 with ``val_root``.
+        image_size: Height and width of the images (shorter side resized, centre cropped).
+        max_pixels: Images larger than this (``height * width``) are skipped as possible
+            decompression bombs; raise it to read them.
+        num_bank: Most training images in the kNN bank.
+        seed: Seed of the held-out split and the bank's draw.
+        batch_size: Train batch size (the last incomplete batch is dropped).
+        eval_batch_size: Batch size of the bank, validation, test and predict loaders.
+        num_workers: Loader worker processes (kept alive between epochs when > 0); ``None``
+            for :func:`default_num_workers` of the Trainer's device count.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        labelled: bool = True,
+        val_root: str | Path | None = None,
+        val_labels: str | Path | None = None,
+        subset: str | Path | None = None,
+        val_fraction: float | None = None,
+        image_size: int = 224,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        num_bank: int = 10_000,
+        seed: int = 0,
+        batch_size: int = 256,
+        eval_batch_size: int = 256,
+        num_workers: int | None = None,
+    ) -> None:
+        super().__init__()
+        if val_labels is not None and val_root is None:
+            raise ValueError("val_labels needs val_root: the folder the listed files are in")
+        if val_labels is not None and not labelled:
+            raise ValueError("val_labels needs labelled=True: it names classes of root's folders")
+        if subset is not None and not labelled:
+            raise ValueError("subset needs labelled=True: it lists class folders of root")
+        if val_fraction is not None:
+            if not 0.0 <= val_fraction < 1.0:
+                raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+            if val_root is not None and val_fraction > 0:
+                raise ValueError(
+                    f"give val_root ({val_root}) or val_fraction ({val_fraction}), not both"
+                )
+        for name, value in (
+            ("image_size", image_size),
+            ("max_pixels", max_pixels),
+            ("num_bank", num_bank),
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if num_workers is not None and num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0 or None, got {num_workers}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0 (a numpy seed), got {seed}")
+        self.save_hyperparameters()
+        self.root = Path(root).expanduser()
+        self.labelled = labelled
+        self.val_root = None if val_root is None else Path(val_root).expanduser()
+        self.val_labels = None if val_labels is None else Path(val_labels).expanduser()
+        self.subset = None if subset is None else Path(subset).expanduser()
+        if val_fraction is None:
+            val_fraction = 0.0 if val_root is not None else 0.05
+        self.val_fraction = val_fraction
+        self.image_size = image_size
+        self.max_pixels = max_pixels
+        self.num_bank = num_bank
+        self.seed = seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.tokenizer: Tokenizer | None = None  # image folders carry no captions
+        self._classes: tuple[str, ...] = ()
+        self._datasets: dict[str, ImageFolderDataset] = {}
+
+    # ---- what the method asks -----------------------------------------------------------
+
+    @property
+    def num_classes(self) -> dict[str, int]:
+        """``{"class": number of classes}``, empty when unlabelled (known after ``setup``)."""
+        return {_LABEL: len(self._classes)} if self.labelled and self._classes else {}
+
+    @property
+    def class_names(self) -> dict[str, tuple[str, ...]]:
+        """``{"class": class folder names}`` in label order, empty when unlabelled."""
+        return {_LABEL: self._classes} if self.labelled and self._classes else {}
+
+    # ---- scanning -----------------------------------------------------------------------
+
+    def _scan(self, folder: Path, what: str) -> tuple[list[Path], int]:
+        if not folder.is_dir():
+            raise ImageFolderError(f"{what} {folder} is not a folder")
+        images, ignored = scan_images(folder)
+        if not images:
+            raise ImageFolderError(
+                f"no images in {what} {folder} (looked recursively for "
+                f"{', '.join(IMAGE_EXTENSIONS)} files)"
+            )
+        return images, ignored
+
+    def _class_folders(self, folder: Path) -> list[str]:
+        return sorted(
+            entry.name
+            for entry in os.scandir(folder)
+            if entry.is_dir() and not entry.name.startswith(".")
+        )
+
+    def _labelled_images(
+        self, folder: Path, what: str, keep: dict[str, int]
+    ) -> tuple[list[Path], list[int], int]:
+        """Images of the classes in ``keep`` (name -> label) under class folders of ``folder``."""
+        images, ignored = self._scan(folder, what)
+        loose = [p for p in images if p.parent == folder]
+        if loose:
+            raise ImageFolderError(
+                f"{len(loose)} images lie directly in {what} {folder} (e.g. {loose[0].name}), "
+                "outside any class folder; move them into class folders or pass labelled=False"
+            )
+        paths, labels = [], []
+        for path in images:
+            name = path.relative_to(folder).parts[0]
+            if name in keep:
+                paths.append(path)
+                labels.append(keep[name])
+        if not paths:
+            raise ImageFolderError(f"no images of the kept classes in {what} {folder}")
+        return paths, labels, ignored
+
+    def _val_from_label_file(
+        self, all_classes: list[str], keep: dict[str, int]
+    ) -> tuple[list[Path], list[int], int]:
+        """ImageNet's val layout: a flat ``val_root`` and the ``val_labels`` file."""
+        images, ignored = self._scan(self.val_root, "val_root")
+        by_name = {p.relative_to(self.val_root).as_posix(): p for p in images}
+        by_stem = {str(Path(name).with_suffix("")): p for name, p in by_name.items()}
+        known = set(all_classes)
+        paths, labels, listed = [], [], set()
+        lines = Path(self.val_labels).read_text().splitlines()
+        for number, line in enumerate(lines, start=1):
+            fields = line.replace(",", " ").replace("\t", " ").split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            if len(fields) < 2:
+                raise ImageFolderError(
+                    f"{self.val_labels}:{number}: expected 'filename,class', got {line!r}"
+                )
+            filename, label = fields[0], fields[1]
+            if label.isdigit() and label not in known:
+                if int(label) >= len(all_classes):
+                    raise ImageFolderError(
+                        f"{self.val_labels}:{number}: class index {label} out of range for "
+                        f"{len(all_classes)} class folders in {self.root}"
+                    )
+                label = all_classes[int(label)]
+            if label not in known:
+                if number == 1:
+                    continue  # a header line
+                raise ImageFolderError(
+                    f"{self.val_labels}:{number}: class {label!r} is not a class folder of "
+                    f"{self.root}"
+                )
+            path = by_name.get(filename) or by_stem.get(filename) or self.val_root / filename
+            listed.add(path)
+            if label in keep:
+                paths.append(path)  # a listed file that is missing is skipped when read
+                labels.append(keep[label])
+        if not listed:
+            raise ImageFolderError(f"no 'filename,class' lines in {self.val_labels}")
+        unlisted = sum(1 for p in images if p not in listed)
+        return paths, labels, ignored + unlisted
+
+    def _classes_to_keep(self, all_classes: list[str]) -> list[str]:
+        if self.subset is None:
+            return all_classes
+        if not self.subset.is_file():
+            raise ImageFolderError(f"subset file {self.subset} does not exist")
+        wanted = read_name_list(self.subset)
+        missing = sorted(set(wanted) - set(all_classes))
+        if missing:
+            raise ImageFolderError(
+                f"subset {self.subset} names {len(missing)} classes with no folder in "
+                f"{self.root}: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}"
+            )
+        if not wanted:
+            raise ImageFolderError(f"subset file {self.subset} lists no classes")
+        return sorted(set(wanted))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Scan the folders (once; sorted, so every process agrees) and build the datasets."""
+        if self._datasets:
+            return
+        if not self.root.is_dir():
+            raise ImageFolderError(f"image folder root {self.root} is not a folder")
+        labels: list[int] | None = None
+        val_labels: list[int] | None = None
+        all_classes: list[str] = []
+        keep: dict[str, int] = {}  # class folder name -> label
+        if self.labelled:
+            all_classes = self._class_folders(self.root)
+            if not all_classes:
+                raise ImageFolderError(
+                    f"no class folders in {self.root}; pass labelled=False to use its images "
+                    "without labels"
+                )
+            self._classes = tuple(self._classes_to_keep(all_classes))
+            keep = {name: i for i, name in enumerate(self._classes)}
+            paths, labels, ignored = self._labelled_images(self.root, "root", keep)
+            present = {path.relative_to(self.root).parts[0] for path in paths}
+            empty = [name for name in self._classes if name not in present]
+            if empty:
+                raise ImageFolderError(
+                    f"{len(empty)} class folders of {self.root} hold no images: "
+                    f"{', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}"
+                )
+        else:
+            paths, ignored = self._scan(self.root, "root")
+
+        rng = np.random.default_rng(self.seed)
+        if self.val_root is not None:
+            if self.val_labels is not None:
+                val_paths, val_labels, val_ignored = self._val_from_label_file(all_classes, keep)
+            elif self.labelled:
+                val_paths, val_labels, val_ignored = self._labelled_images(
+                    self.val_root, "val_root", keep
+                )
+            else:
+                val_paths, val_ignored = self._scan(self.val_root, "val_root")
+            ignored += val_ignored
+            train = np.arange(len(paths))
+        else:
+            order = rng.permutation(len(paths))
+            num_val = round(self.val_fraction * len(paths))
+            held, train = np.sort(order[:num_val]), np.sort(order[num_val:])
+            val_paths = [paths[i] for i in held]
+            val_labels = None if labels is None else [labels[i] for i in held]
+        train_paths = [paths[i] for i in train]
+        train_labels = None if labels is None else [labels[i] for i in train]
+        if len(train_paths) < self.batch_size:
+            raise ImageFolderError(
+                f"{len(train_paths)} training images in {self.root}, fewer than batch_size "
+                f"({self.batch_size}): the train loader drops incomplete batches"
+            )
+        # A random draw, not the first images: those would be the first classes only.
+        bank = np.sort(rng.permutation(len(train_paths))[: self.num_bank])
+        if labels is None:
+            bank = bank[:0]  # nothing to vote with
+
+        def dataset(paths: list, labels: list | None) -> ImageFolderDataset:
+            return ImageFolderDataset(paths, labels, self.image_size, self.max_pixels)
+
+        self._datasets = {
+            "train": dataset(train_paths, train_labels),
+            "bank": dataset(
+                [train_paths[i] for i in bank],
+                None if train_labels is None else [train_labels[i] for i in bank],
+            ),
+            "query": dataset(val_paths, val_labels),
+        }
+        classes = f"{len(self._classes)} classes, " if self.labelled else "unlabelled, "
+        rank_zero_info(
+            f"ImageFolderDataModule: {classes}{len(train_paths)} train, {len(bank)} bank and "
+            f"{len(val_paths)} held-out images; {ignored} other files ignored"
+        )
+
+    # ---- loaders ------------------------------------------------------------------------
+
+    def _workers(self) -> int:
+        if self.num_workers is not None:
+            return self.num_workers
+        return default_num_workers(self.trainer.num_devices if self.trainer is not None else 1)
+
+    def _loader(self, name: str, train: bool = False) -> DataLoader:
+        if not self._datasets:
+            raise RuntimeError("call setup() before asking ImageFolderDataModule for a dataloader")
+        workers = self._workers()
+        return DataLoader(
+            self._datasets[name],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=Collate(self.tokenizer),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training images (the methods make the views on the device)."""
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """``[bank, query]``: the kNN memory (training images) and the held-out images."""
+        return [self._loader("bank"), self._loader("query")]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """``[bank, query]``, as for validation."""
+        return [self._loader("bank"), self._loader("query")]
+
+    def predict_dataloader(self) -> DataLoader:
+        """The held-out images."""
+        return self._loader("query")
