@@ -1,0 +1,361 @@
+"""The torchvision sets: CIFAR-10, CIFAR-100 and STL-10, as uint8 batches with class labels.
+
+torchvision downloads and checks them (``download=True``, in ``prepare_data`` only, so one
+process per machine fetches); this module then reads the files it left straight into numpy
+arrays: the CIFAR pickle batches and STL-10's binary files (memory-mapped: its 100,000
+unlabeled images are 2.8 GB). Items are uint8 tensors already, with none of the per-item PIL
+round trip of the torchvision dataset classes. The pickles are read with ``pickle``, as
+torchvision reads them: only use files from the official archives.
+
+=========  ===================================  ================================  ==========
+name       folder under ``root``                labels                            native px
+=========  ===================================  ================================  ==========
+cifar10    ``cifar-10-batches-py``              class (10)                        32
+cifar100   ``cifar-100-python``                 class (100), superclass (20)      32
+stl10      ``stl10_binary``                     class (10)                        96
+=========  ===================================  ================================  ==========
+
+The sets have a train and a test split. Validation and test return ``[bank, query]``: the
+bank is drawn from the training images, the query is the test split (as the kNN monitors of
+SSL papers do) or, with ``val_fraction``, a held-out part of the training split for
+validation.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import NamedTuple
+
+import lightning
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+
+from contrastive.datamodules.common import Collate, Tokenizer
+from contrastive.datamodules.images import resize_center_crop
+
+
+class VisionSetMissingError(FileNotFoundError):
+    """The set's files are not under ``root``; the message says how to get them."""
+
+
+class _Spec(NamedTuple):
+    title: str
+    folder: str
+    files: tuple[str, ...]  # what must exist under root/folder
+    source: str  # where the archive comes from
+    download_size: str
+
+
+SPECS: dict[str, _Spec] = {
+    "cifar10": _Spec(
+        "CIFAR-10",
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"),
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "170 MB",
+    ),
+    "cifar100": _Spec(
+        "CIFAR-100",
+        "cifar-100-python",
+        ("train", "test", "meta"),
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "170 MB",
+    ),
+    "stl10": _Spec(
+        "STL-10",
+        "stl10_binary",
+        (
+            "train_X.bin",
+            "train_y.bin",
+            "test_X.bin",
+            "test_y.bin",
+            "unlabeled_X.bin",
+            "class_names.txt",
+        ),
+        "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
+        "2.6 GB",
+    ),
+}
+
+
+class Split(NamedTuple):
+    """One split in memory: ``(N, 3, H, W)`` uint8 images and ``{attribute: (N,)}`` labels."""
+
+    images: np.ndarray
+    labels: dict[str, np.ndarray] | None
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")  # the archives hold Python 2 pickles
+
+
+def _cifar_split(folder: Path, files: list[str], label_keys: dict[str, str]) -> Split:
+    batches = [_unpickle(folder / name) for name in files]
+    images = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)  # (N, 3, H, W)
+    labels = {
+        attr: np.concatenate([np.asarray(b[key], dtype=np.int64) for b in batches])
+        for attr, key in label_keys.items()
+    }
+    return Split(np.ascontiguousarray(images, dtype=np.uint8), labels)
+
+
+def _stl10_images(path: Path) -> np.ndarray:
+    # Column-major 96 x 96 planes: (N, 3, W, H) on disk, transposed lazily, per item.
+    return np.memmap(path, dtype=np.uint8, mode="r").reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2)
+
+
+def read_split(name: str, root: str | Path, split: str) -> Split:
+    """Read split ``"train"``, ``"test"`` or (STL-10) ``"unlabeled"`` of set ``name``.
+
+    Raises:
+        VisionSetMissingError: If the set's files are not under ``root``.
+    """
+    spec = SPECS[name]
+    folder = Path(root).expanduser() / spec.folder
+    missing = [f for f in spec.files if not (folder / f).is_file()]
+    if missing:
+        raise VisionSetMissingError(
+            f"{spec.title} not found: {folder} lacks {', '.join(missing)}; pass "
+            f"--data.download true to fetch it ({spec.download_size}) or extract {spec.source} "
+            f"into {Path(root).expanduser()}"
+        )
+    if name == "cifar10":
+        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        return _cifar_split(folder, files, {"class": "labels"})
+    if name == "cifar100":
+        keys = {"class": "fine_labels", "superclass": "coarse_labels"}
+        return _cifar_split(folder, [split], keys)
+    images = _stl10_images(folder / f"{split}_X.bin")
+    if split == "unlabeled":
+        return Split(images, None)
+    labels = np.fromfile(folder / f"{split}_y.bin", dtype=np.uint8).astype(np.int64) - 1
+    return Split(images, {"class": labels})
+
+
+def read_class_names(name: str, root: str | Path) -> dict[str, tuple[str, ...]]:
+    """The class names of each label attribute of set ``name``, from its own files."""
+    folder = Path(root).expanduser() / SPECS[name].folder
+    if name == "cifar10":
+        return {"class": tuple(_unpickle(folder / "batches.meta")["label_names"])}
+    if name == "cifar100":
+        meta = _unpickle(folder / "meta")
+        return {
+            "class": tuple(meta["fine_label_names"]),
+            "superclass": tuple(meta["coarse_label_names"]),
+        }
+    lines = (folder / "class_names.txt").read_text().splitlines()
+    return {"class": tuple(line.strip() for line in lines if line.strip())}
+
+
+class ArrayDataset(Dataset):
+    """Images held in a uint8 array (in memory or memory-mapped), with optional labels.
+
+    Each item is ``{"image": uint8 (3, S, S), "labels": {attribute: int}, "index": i}`` (no
+    ``"labels"`` without labels).
+
+    Args:
+        images: ``(N, 3, H, W)`` uint8 (any strides).
+        labels: ``{attribute: (N,)}`` or ``None``.
+        indices: Which rows of ``images`` make the dataset (all when ``None``).
+        image_size: Output size (centre square, antialiased resize); ``None`` keeps ``H x W``.
+        index_offset: Added to the item's ``"index"`` (unique ids across concatenated sets).
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: dict[str, np.ndarray] | None = None,
+        indices: np.ndarray | None = None,
+        image_size: int | None = None,
+        index_offset: int = 0,
+    ) -> None:
+        self.images = images
+        self.labels = labels
+        self.indices = np.arange(len(images)) if indices is None else np.asarray(indices)
+        self.image_size = image_size
+        self.index_offset = index_offset
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict:
+        row = int(self.indices[index])
+        image = torch.from_numpy(np.array(self.images[row]))  # (3, H, W), a writable copy
+        if self.image_size is not None and image.shape[-2:] != (self.image_size,) * 2:
+            image = resize_center_crop(image, self.image_size)
+        item = {"image": image, "index": self.index_offset + int(index)}
+        if self.labels is not None:
+            item["labels"] = {attr: int(values[row]) for attr, values in self.labels.items()}
+        return item
+
+
+class VisionSetDataModule(lightning.LightningDataModule):
+    """CIFAR-10 (Krizhevsky 2009), CIFAR-100 (same report) or STL-10 (Coates et al. 2011).
+
+    See the module docstring for the folders, labels and evaluation loaders.
+
+    Args:
+        name: ``"cifar10"``, ``"cifar100"`` or ``"stl10"``.
+        root: The folder holding the set's folder (torchvision's layout).
+        download: Fetch the set into ``root`` in ``prepare_data`` if it is not there. Off by
+            default: without the files, ``setup`` fails with a line saying how to get them.
+        image_size: Output height and width; ``None`` for the native size (32 or 96).
+        unlabeled: STL-10 only: train on its 100,000 unlabeled images as well (then training
+            batches carry no labels; the bank still comes from the labelled ones).
+        val_fraction: Share of the labelled training images held out as the validation query;
+            0 uses the test split for validation too.
+        num_bank: Most training images in the kNN bank.
+        seed: Seed of the held-out split and the bank's draw.
+        batch_size: Train batch size (the last incomplete batch is dropped).
+        eval_batch_size: Batch size of the bank, validation, test and predict loaders.
+        num_workers: DataLoader worker processes (kept alive between epochs when > 0). Reading
+            from memory is cheap: 0 or 1 is usually enough below 96 px.
+    """
+
+    def __init__(
+        self,
+        name: str = "cifar10",
+        root: str | Path = "data",
+        download: bool = False,
+        image_size: int | None = None,
+        unlabeled: bool = False,
+        val_fraction: float = 0.0,
+        num_bank: int = 10_000,
+        seed: int = 0,
+        batch_size: int = 256,
+        eval_batch_size: int = 512,
+        num_workers: int = 2,
+    ) -> None:
+        super().__init__()
+        if name not in SPECS:
+            raise ValueError(f"unknown set {name!r}; expected one of {sorted(SPECS)}")
+        if unlabeled and name != "stl10":
+            raise ValueError(f"unlabeled=True is for stl10 only; {name} has no unlabeled split")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"image_size must be >= 1 or None, got {image_size}")
+        for arg, value in (
+            ("num_bank", num_bank),
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+        ):
+            if value < 1:
+                raise ValueError(f"{arg} must be >= 1, got {value}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0 (a numpy seed), got {seed}")
+        self.save_hyperparameters()
+        self.name = name
+        self.root = Path(root).expanduser()
+        self.download = download
+        self.image_size = image_size
+        self.unlabeled = unlabeled
+        self.val_fraction = val_fraction
+        self.num_bank = num_bank
+        self.seed = seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.tokenizer: Tokenizer | None = None  # these sets carry no captions
+        self._class_names: dict[str, tuple[str, ...]] = {}
+        self._datasets: dict[str, ArrayDataset] = {}
+
+    @property
+    def num_classes(self) -> dict[str, int]:
+        """Classes of each label attribute (known after ``setup``)."""
+        return {attr: len(names) for attr, names in self._class_names.items()}
+
+    @property
+    def class_names(self) -> dict[str, tuple[str, ...]]:
+        """Class names of each label attribute, from the set's own files (after ``setup``)."""
+        return dict(self._class_names)
+
+    def prepare_data(self) -> None:
+        """Download the set with torchvision when ``download`` is set (once per machine)."""
+        if not self.download:
+            return
+        import torchvision.datasets as sets  # only when downloading
+
+        root = str(self.root)
+        if self.name == "stl10":
+            sets.STL10(root, split="train+unlabeled", download=True)
+        else:
+            cls = sets.CIFAR10 if self.name == "cifar10" else sets.CIFAR100
+            cls(root, train=True, download=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the splits (memory-mapped for STL-10) and draw the held-out split and bank."""
+        if self._datasets:
+            return
+        train = read_split(self.name, self.root, "train")
+        test = read_split(self.name, self.root, "test")
+        self._class_names = read_class_names(self.name, self.root)
+        rng = np.random.default_rng(self.seed)
+        order = rng.permutation(len(train.images))
+        num_val = round(self.val_fraction * len(order))
+        kept = np.sort(order[num_val:])
+        bank = np.sort(rng.permutation(kept)[: self.num_bank])
+        train_set = ArrayDataset(train.images, train.labels, kept, self.image_size)
+        if self.unlabeled:  # labelled and unlabeled rows in one array would need a copy
+            extra = read_split(self.name, self.root, "unlabeled")
+            train_set = torch.utils.data.ConcatDataset(
+                [
+                    ArrayDataset(train.images, None, kept, self.image_size),
+                    ArrayDataset(extra.images, None, None, self.image_size, len(kept)),
+                ]
+            )
+        val = (
+            ArrayDataset(train.images, train.labels, np.sort(order[:num_val]), self.image_size)
+            if num_val
+            else ArrayDataset(test.images, test.labels, None, self.image_size)
+        )
+        self._datasets = {
+            "train": train_set,
+            "bank": ArrayDataset(train.images, train.labels, bank, self.image_size),
+            "val": val,
+            "test": ArrayDataset(test.images, test.labels, None, self.image_size),
+        }
+        if len(train_set) < self.batch_size:
+            raise ValueError(
+                f"{len(train_set)} training images, fewer than batch_size ({self.batch_size})"
+            )
+        rank_zero_info(
+            f"{SPECS[self.name].title}: {len(train_set)} train, {len(bank)} bank, "
+            f"{len(val)} validation and {len(test.images)} test images"
+        )
+
+    def _loader(self, name: str, train: bool = False) -> DataLoader:
+        if not self._datasets:
+            raise RuntimeError("call setup() before asking VisionSetDataModule for a dataloader")
+        return DataLoader(
+            self._datasets[name],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=Collate(self.tokenizer),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training images."""
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """``[bank, query]``: training images and the validation query (see ``val_fraction``)."""
+        return [self._loader("bank"), self._loader("val")]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """``[bank, query]``: training images and the test split."""
+        return [self._loader("bank"), self._loader("test")]
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split."""
+        return self._loader("test")
