@@ -5,7 +5,9 @@
 ``runs/<name>/version_N`` (a new version per run, so nothing earlier is overwritten) and
 ``--ckpt_path last`` continues the latest run that has a ``last.ckpt``.
 ``contrastive embed|similar --ckpt RUN.ckpt --images ...`` look at a trained embedding (see
-:mod:`contrastive.explore`).
+:mod:`contrastive.explore`). ``contrastive data <tool> ...`` runs a data tool from
+:mod:`contrastive.tools` (``contrastive data nga --root DIR`` downloads National Gallery of Art
+images); each tool is a module with ``main(argv) -> int``, listed in ``main``'s ``data_tools``.
 """
 
 from __future__ import annotations
@@ -125,6 +127,24 @@ def main(args: ArgsType = None) -> None:
         from contrastive.explore import main as explore_main  # PIL and drawing: only when asked
 
         explore_main(list(argv))
+        return
+    if isinstance(argv, (list, tuple)) and argv and argv[0] == "data":
+        # Data tools: `contrastive data <tool> ...`, each a module with main(argv) -> int.
+        import importlib
+
+        data_tools = {"nga": "contrastive.tools.nga"}
+        tool = argv[1] if len(argv) > 1 else None
+        if tool not in data_tools:
+            usage = f"usage: contrastive data {{{','.join(data_tools)}}} [-h] ..."
+            if tool in ("-h", "--help"):
+                print(usage)
+                raise SystemExit(0)
+            problem = "no data tool named" if tool is None else f"unknown data tool {tool!r}"
+            print(f"{usage}\nerror: {problem}", file=sys.stderr)
+            raise SystemExit(2)
+        status = importlib.import_module(data_tools[tool]).main(list(argv[2:]))
+        if status:
+            raise SystemExit(status)
         return
     try:
         ContrastiveCLI(args=args)
