@@ -7,8 +7,9 @@ empty, corrupt, truncated or non-image file, or one above the pixel limit, comes
 
 Decoding. The format is told by the file's first bytes, not its name. JPEGs (``FF D8 FF``) go
 through ``torchvision.io.decode_jpeg`` (libjpeg-turbo, CMYK and grayscale handled, EXIF
-orientation applied), faster than Pillow's decoder and resize (``benchmarks/decode.py``);
-anything else goes through Pillow, whose modes are converted to RGB:
+orientation applied): with the crop-first resize below, 2.1-2.3x the images per second of
+torchvision's ``ImageFolder`` with PIL transforms (``benchmarks/decode.py``, BENCHMARKS.md).
+Anything else goes through Pillow, whose modes are converted to RGB:
 
 ==========================  ====================================================
 mode                        conversion
