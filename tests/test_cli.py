@@ -86,12 +86,22 @@ SMALL = [
     "--model.augment.init_args.size=32",
     "--trainer.precision=32",
 ]
-OVERRIDES = {"byol_nga": SMALL}
+# byol_nga's own data (the NGA images) is tested in test_nga.py; here it runs on shapes. Its
+# image_size and num_workers carry over to the new data class, so they are set too.
+OVERRIDES = {
+    "byol_nga": [
+        "--data=ShapesDataModule",
+        "--data.image_size=32",
+        "--data.num_workers=0",
+        *SMALL,
+    ]
+}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_shipped_config_fits_and_tests_through_the_cli(config, capsys):
-    tiny = [f"--config={config}", *TINY, *OVERRIDES.get(config.stem, [])]
+    # Overrides first: they may switch the data class, whose flags TINY then sets.
+    tiny = [f"--config={config}", *OVERRIDES.get(config.stem, []), *TINY]
     run("fit", *tiny, "--trainer.max_steps=2", "--trainer.max_epochs=1")
     run("test", *tiny, "--ckpt_path=last")
     out = capsys.readouterr().out

@@ -1,12 +1,15 @@
 """Data modules: one data source each."""
 
 from contrastive.datamodules.imagefolder import ImageFolderDataModule, ImageFolderDataset
+from contrastive.datamodules.nga import NGADataModule, NGADataset
 from contrastive.datamodules.shapes import ShapesDataModule, ShapesDataset
 from contrastive.datamodules.vision_sets import VisionSetDataModule
 
 __all__ = [
     "ImageFolderDataModule",
     "ImageFolderDataset",
+    "NGADataModule",
+    "NGADataset",
     "ShapesDataModule",
     "ShapesDataset",
     "VisionSetDataModule",
