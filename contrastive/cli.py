@@ -139,7 +139,7 @@ def main(args: ArgsType = None) -> None:
             if tool in ("-h", "--help"):
                 print(usage)
                 raise SystemExit(0)
-            problem = "no data tool named" if tool is None else f"unknown data tool {tool!r}"
+            problem = "name a data tool" if tool is None else f"unknown data tool {tool!r}"
             print(f"{usage}\nerror: {problem}", file=sys.stderr)
             raise SystemExit(2)
         status = importlib.import_module(data_tools[tool]).main(list(argv[2:]))

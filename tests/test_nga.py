@@ -315,7 +315,8 @@ def test_end_to_end_every_failure_kind(server, tmp_path, capsys):
     )
     failed_lines = [line for line in out.splitlines() if line.startswith("nga: failed")]
     assert len(failed_lines) == 5 and "objectid 105: http 404" in failed_lines[0]
-    assert "unsafe" in out and "escaped" in out and "example.invalid" in out
+    assert "nga: skipped unsafe row (objectid '111'): uuid '../../../escaped' is not a UUID" in out
+    assert "example.invalid" in out and "(objectid '../../114'): objectid" in out
     assert f"nga: manifest {root / 'manifest.jsonl'} (5 images)" in out
     assert "nga: 11/11 images (5 downloaded, 0 already present, 6 failed)" in err
 
@@ -356,6 +357,10 @@ def test_a_second_run_resumes_and_fetches_only_what_is_missing(server, tmp_path,
     rows = nga.read_manifest(root)
     assert [r["objectid"] for r in rows] == sorted([*GOOD, 105])
     assert (root / "manifest.jsonl").read_bytes().startswith(manifest.split(b"\n")[0])
+
+    server.csvs.clear()  # the tables saved by the last run serve again
+    assert run_tool(server, root, "--reuse-csv") == 0
+    assert ": 0 downloaded, 6 already present" in capsys.readouterr().out
 
 
 def test_filters_limit_and_merging_runs_into_one_manifest(server, tmp_path, capsys):

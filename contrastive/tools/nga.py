@@ -16,6 +16,7 @@ writes::
                                       objectid, uuid, title, artist, classification, medium,
                                       year (beginyear, or null), displaydate
     data/nga/csv/*.csv                the two source tables, as fetched by the last run
+                                      (``--reuse-csv`` reads them instead of fetching again)
 
 Safety and robustness:
 
@@ -277,7 +278,7 @@ def select_artworks(
         uuid, iiifurl = primary[key]
         problem = _unsafe_reason(key, uuid, iiifurl, image_base_url)
         if problem is not None:
-            unsafe.append(f"objectid row {key[:40]!r}: {problem}")
+            unsafe.append(f"(objectid {key[:40]!r}): {problem}")
             continue
         if int(key) in artworks:
             continue
@@ -570,6 +571,9 @@ def _remove_partial_files(folder: Path) -> int:
 def _fetch_csvs(args: argparse.Namespace, fetcher: Fetcher, csv_dir: Path) -> None:
     base = args.csv_base_url.rstrip("/")
     for name in (OBJECTS_CSV, IMAGES_CSV):
+        if args.reuse_csv and (csv_dir / name).is_file():
+            print(f"nga: using {csv_dir / name} from an earlier run", file=sys.stderr)
+            continue
         url = f"{base}/{name}"
         print(f"nga: fetching {url}", file=sys.stderr, flush=True)
         try:
@@ -650,7 +654,7 @@ def _summary(
     lines = [line]
     for artwork, err in sorted(failures, key=lambda f: f[0].objectid)[:_FIRST_FAILURES]:
         lines.append(f"nga: failed objectid {artwork.objectid}: {err.reason}: {err.detail}")
-    lines.extend(f"nga: unsafe {line}" for line in unsafe[:_FIRST_FAILURES])
+    lines.extend(f"nga: skipped unsafe row {line}" for line in unsafe[:_FIRST_FAILURES])
     return lines
 
 
@@ -669,14 +673,7 @@ def run(args: argparse.Namespace) -> int:
         "max_backoff": args.max_backoff,
         "stop": stop,
     }
-    try:
-        _fetch_csvs(args, Fetcher(**http_settings), csv_dir)
-    except Interrupted:
-        return 130
-    except KeyboardInterrupt:
-        stop.set()
-        print("\nnga: interrupted", file=sys.stderr)
-        return 130
+    _fetch_csvs(args, Fetcher(**http_settings), csv_dir)
 
     image_base = args.image_base_url.rstrip("/")
     selection = select_artworks(
@@ -777,6 +774,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"{DEFAULT_IMAGE_BASE_URL})",
     )
     parser.add_argument(
+        "--reuse-csv",
+        action="store_true",
+        help=f"use the tables an earlier run saved in ROOT/{CSV_DIR} instead of fetching them",
+    )
+    parser.add_argument(
         "--progress-interval", type=float, default=2.0, help="seconds between progress lines"
     )
     return parser
@@ -791,6 +793,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NGAError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # while reading the tables or writing the manifest
+        print("\nnga: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
