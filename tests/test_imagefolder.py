@@ -346,3 +346,34 @@ def test_eval_loaders_feed_the_knn_bank_and_queries(tmp_path):
     assert labels == [0, 0, 1, 1, 2, 2]  # in file order, the broken one dropped
     assert [s.reason for b in query for s in b.get("skipped", [])] == ["truncated image"]
     assert module.test_dataloader()[1].dataset is module.predict_dataloader().dataset
+
+
+def _validate(module: ImageFolderDataModule) -> dict[str, float]:
+    model = SimCLR(backbone_kwargs={"width": 4}, projector_hidden_dim=16, projector_dim=8)
+    trainer = Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.validate(model, module, verbose=False)
+    return {key: float(value) for key, value in trainer.callback_metrics.items()}
+
+
+def test_unlabelled_validation_gives_the_embedding_metrics_without_a_bank(tmp_path):
+    write_class_tree(tmp_path, per_class=4)
+    metrics = _validate(data(tmp_path, labelled=False, val_fraction=0.5, image_size=32))
+    assert {"val/uniformity", "val/effective_rank", "val/alignment"} <= set(metrics)
+    assert not any(key.startswith("val/knn") for key in metrics)
+
+
+@pytest.mark.xfail(
+    raises=TypeError,
+    reason="base.py zips eval_num_classes with KNNAccuracy.compute(), which torchmetrics "
+    "squeezes to a scalar when there is one attribute",
+)
+def test_labelled_validation_gives_the_knn_accuracy_of_the_class(tmp_path):
+    write_class_tree(tmp_path, per_class=4)
+    metrics = _validate(data(tmp_path, val_fraction=0.5, image_size=32))
+    assert 0.0 <= metrics["val/knn/class"] <= 1.0
