@@ -87,7 +87,7 @@ def list_backbones(pattern: str = "*") -> list[str]:
 
 
 @contextlib.contextmanager
-def _fetching(what: str) -> Iterator[None]:
+def fetching(what: str) -> Iterator[None]:
     """Turn a hub failure into a one-line BackboneWeightsError naming ``what``."""
     try:
         yield
@@ -167,7 +167,7 @@ def _create_registered(name: str, *, pretrained: bool, **kwargs) -> nn.Module:
 
 def _create_timm(name: str, *, pretrained: bool, **kwargs) -> nn.Module:
     check_backbone_name(f"timm:{name}")
-    with _fetching(f"'timm:{name}'") if pretrained else contextlib.nullcontext():
+    with fetching(f"'timm:{name}'") if pretrained else contextlib.nullcontext():
         model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
     # Headless forward() returns pre-logits features, head_hidden_size wide; that differs from
     # timm's num_features when the head has its own layers (MobileNetV3: 1024 vs 288).
@@ -175,9 +175,39 @@ def _create_timm(name: str, *, pretrained: bool, **kwargs) -> nn.Module:
     return model
 
 
+def _create_open_clip(name: str, *, pretrained: bool | str, **kwargs) -> nn.Module:
+    """The image tower of an open_clip model: ``(B, 3, S, S) -> (B, embed_dim)``.
+
+    ``pretrained``: a tag (``open_clip.list_pretrained_tags_by_model(name)``) or a local
+    checkpoint path; ``True`` takes the model's first listed tag. ``kwargs`` go to
+    ``open_clip.create_model`` (e.g. ``force_image_size=64``).
+    """
+    import open_clip  # imported here: most runs never use it
+
+    check_backbone_name(f"open_clip:{name}")
+    if pretrained is True:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if not tags:
+            raise BackboneWeightsError(f"open_clip:{name} has no pretrained tags; pass a path")
+        pretrained = tags[0]
+    what = f"'open_clip:{name}' (pretrained='{pretrained}')"
+    with fetching(what) if pretrained else contextlib.nullcontext():
+        model = open_clip.create_model(name, pretrained=pretrained or None, **kwargs)
+    visual = model.visual  # keeps open_clip's preprocess_cfg (size, mean, std) for callers
+    visual.num_features = int(visual.output_dim)
+    return visual
+
+
+def _open_clip_names(pattern: str) -> list[str]:
+    import open_clip
+
+    return fnmatch.filter(open_clip.list_models(), pattern)
+
+
 _SOURCES: dict[str, _Source] = {
     "": _Source(_create_registered, lambda pattern: fnmatch.filter(_REGISTRY, pattern)),
     "timm": _Source(_create_timm, timm.list_models),
+    "open_clip": _Source(_create_open_clip, _open_clip_names),
 }
 
 
@@ -195,7 +225,7 @@ def _resnet(
 ) -> nn.Module:
     model = builder(weights=None, **kwargs)
     if pretrained:
-        with _fetching(f"'{builder.__name__}' ({weights})"):
+        with fetching(f"'{builder.__name__}' ({weights})"):
             state = weights.get_state_dict(progress=True, check_hash=True)
         model.load_state_dict(state)
     if small_stem:  # SimCLR's CIFAR stem keeps 32 px images at 32 px until layer2

@@ -29,6 +29,7 @@ from lightning.pytorch.cli import (
 import contrastive.datamodules  # noqa: F401  (registers the data modules' short names)
 import contrastive.methods  # noqa: F401  (registers the methods' short names)
 from contrastive.backbones import BackboneWeightsError, UnknownBackboneError, check_backbone_name
+from contrastive.datamodules.common import DataError
 from contrastive.methods import ContrastiveMethod, NonFiniteLossError
 
 # Subcommands outside LightningCLI, for looking at a trained embedding (contrastive/explore.py).
@@ -148,7 +149,13 @@ def main(args: ArgsType = None) -> None:
         return
     try:
         ContrastiveCLI(args=args)
-    except (NonFiniteLossError, RunError, UnknownBackboneError, BackboneWeightsError) as err:
+    except (
+        NonFiniteLossError,
+        RunError,
+        UnknownBackboneError,
+        BackboneWeightsError,
+        DataError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
 

@@ -15,7 +15,9 @@ def test_collate_drops_skipped_samples_and_passes_them_on():
     assert batch["image"].shape == (2, 3) and batch["caption"] == ["a", "b"]
     assert batch["skipped"] == [Skipped("x.jpg", "missing image")]
     assert "skipped" not in Collate()(samples[:1])  # clean batches carry no extra key
-    assert Collate()([Skipped("y", "empty caption")]) == {"skipped": [Skipped("y", "empty caption")]}
+    assert Collate()([Skipped("y", "empty caption")]) == {
+        "skipped": [Skipped("y", "empty caption")]
+    }
 
 
 def test_collate_tokenizes_captions_and_pickles():

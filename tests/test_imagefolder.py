@@ -368,11 +368,6 @@ def test_unlabelled_validation_gives_the_embedding_metrics_without_a_bank(tmp_pa
     assert not any(key.startswith("val/knn") for key in metrics)
 
 
-@pytest.mark.xfail(
-    raises=TypeError,
-    reason="base.py zips eval_num_classes with KNNAccuracy.compute(), which torchmetrics "
-    "squeezes to a scalar when there is one attribute",
-)
 def test_labelled_validation_gives_the_knn_accuracy_of_the_class(tmp_path):
     write_class_tree(tmp_path, per_class=4)
     metrics = _validate(data(tmp_path, val_fraction=0.5, image_size=32))

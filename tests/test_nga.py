@@ -22,7 +22,7 @@ from PIL import Image
 
 from contrastive.cli import main as cli_main
 from contrastive.datamodules import NGADataModule
-from contrastive.datamodules.common import Skipped
+from contrastive.datamodules.common import DataError, Skipped
 from contrastive.datamodules.nga import METADATA_FIELDS, caption, century
 from contrastive.tools import nga
 from contrastive.tools.nga import url_under
@@ -712,7 +712,7 @@ def test_loaders_give_bank_and_query_and_skip_bad_images(tmp_path):
 
 
 def test_missing_or_too_small_folders_say_what_to_do(tmp_path):
-    with pytest.raises(FileNotFoundError, match="contrastive data nga --root"):
+    with pytest.raises(DataError, match="contrastive data nga --root"):
         datamodule(tmp_path)
     make_folder(tmp_path, n=6)
     with pytest.raises(ValueError, match=r"fewer than batch_size \(8\)"):

@@ -250,7 +250,9 @@ def test_unknown_factor_is_named_with_the_valid_ones():
 
 
 def check_batch(batch: dict, size: int, image_size: int, view: bool) -> None:
-    expected = {"image", "labels", "caption", "index"} | ({"view"} if view else set())
+    expected = {"image", "labels", "caption", "index"} | (
+        {"view", "view_caption"} if view else set()
+    )
     assert set(batch) == expected
     keys = ["image", "view"] if view else ["image"]
     for key in keys:
@@ -333,3 +335,21 @@ def test_datamodule_rejects_bad_arguments():
         ShapesDataModule(eval_batch_size=0)
     with pytest.raises(ValueError, match="num_workers must be >= 0"):
         ShapesDataModule(num_workers=-1)
+
+
+def test_caption_dropout_leaves_attributes_unsaid_in_train_captions_only():
+    full = ShapesDataset(64, split="train")
+    partial = ShapesDataset(64, split="train", caption_dropout=0.5, shared_factors=["shape"])
+    lengths = [len(partial[i]["caption"]) for i in range(64)]
+    assert sum(lengths) < 0.8 * sum(len(full[i]["caption"]) for i in range(64))
+    item = partial[3]
+    for word in item["caption"].replace(",", "").split():  # every word said is true
+        assert word in full[3]["caption"].replace(",", "").split() + ["shape", "background"]
+    assert item["view_caption"].startswith("a ")
+    assert caption(full.factors(0), ()) == "a shape"
+    data = ShapesDataModule(num_train=32, batch_size=16, caption_dropout=0.5)
+    data.setup("fit")
+    assert data._datasets["train"].caption_dropout == 0.5
+    assert data._datasets["val"].caption_dropout == 0.0  # evaluation captions are full
+    with pytest.raises(ValueError, match="caption_dropout"):
+        ShapesDataset(4, caption_dropout=1.0)

@@ -1,5 +1,6 @@
 """Data modules: one data source each."""
 
+from contrastive.datamodules.image_text import ImageTextDataModule
 from contrastive.datamodules.imagefolder import ImageFolderDataModule, ImageFolderDataset
 from contrastive.datamodules.nga import NGADataModule, NGADataset
 from contrastive.datamodules.shapes import ShapesDataModule, ShapesDataset
@@ -8,6 +9,7 @@ from contrastive.datamodules.vision_sets import VisionSetDataModule
 __all__ = [
     "ImageFolderDataModule",
     "ImageFolderDataset",
+    "ImageTextDataModule",
     "NGADataModule",
     "NGADataset",
     "ShapesDataModule",

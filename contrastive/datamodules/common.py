@@ -20,6 +20,13 @@ from typing import Any, NamedTuple
 from torch.utils.data import default_collate
 
 
+class DataError(ValueError):
+    """The user's data cannot be used (a folder, file or field); the message is one line.
+
+    The ``contrastive`` command prints it as ``error: ...`` without a traceback.
+    """
+
+
 class Skipped(NamedTuple):
     """A sample a dataset could not use, returned in its place.
 
@@ -41,8 +48,8 @@ class Collate:
     Picklable (a plain object holding the tokenizer), so it also works with spawned workers.
 
     Args:
-        tokenizer: ``list[str] -> tokens``; when set and the batch has ``"caption"``, the
-            batch gets ``"tokens"`` too.
+        tokenizer: ``list[str] -> tokens``; when set, a batch's ``"caption"`` (and a
+            generator view's ``"view_caption"``) get their ``"tokens"`` (``"view_tokens"``).
     """
 
     def __init__(self, tokenizer: Tokenizer | None = None) -> None:
@@ -54,8 +61,10 @@ class Collate:
         skipped = [s for s in samples if isinstance(s, Skipped)]
         if skipped:
             batch["skipped"] = skipped
-        if self.tokenizer is not None and "caption" in batch:
-            batch["tokens"] = self.tokenizer(list(batch["caption"]))
+        if self.tokenizer is not None:
+            for key in ("caption", "view_caption"):  # -> "tokens", "view_tokens"
+                if key in batch:
+                    batch[key.replace("caption", "tokens")] = self.tokenizer(list(batch[key]))
         return batch
 
 

@@ -32,7 +32,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from contrastive.datamodules.common import Collate, Skipped, Tokenizer
+from contrastive.datamodules.common import Collate, DataError, Skipped, Tokenizer
 from contrastive.datamodules.images import DEFAULT_MAX_PIXELS, load_image
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
@@ -53,7 +53,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 _LABEL = "class"  # the one attribute image folders label
 
 
-class ImageFolderError(ValueError):
+class ImageFolderError(DataError):
     """A folder, subset file or label file that cannot be used; the message is one line."""
 
 

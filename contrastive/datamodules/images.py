@@ -222,9 +222,24 @@ def load_image(
         return Skipped(source, "missing file")
     except OSError:  # a directory, no permission, an I/O error
         return Skipped(source, "unreadable file")
+    return decode_image(data, size, max_pixels, source)
+
+
+def decode_image(
+    data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "<bytes>"
+) -> torch.Tensor | Skipped:
+    """:func:`load_image` for an image already in memory (a tar member, a download).
+
+    Args:
+        data: The encoded image.
+        size: Output height and width, at least 1.
+        max_pixels: Largest ``height * width`` decoded (see :func:`load_image`).
+        source: What a :class:`Skipped` names: a path, ``shard.tar:key``, a URL.
+    """
+    if size < 1:
+        raise ValueError(f"size must be >= 1 pixel, got {size}")
     if not data:
         return Skipped(source, "empty file")
-
     if data.startswith(_JPEG_MAGIC):
         shape = jpeg_size(data)
         if shape is not None:

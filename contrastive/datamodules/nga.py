@@ -27,7 +27,7 @@ from pathlib import Path
 import lightning
 from torch.utils.data import DataLoader, Dataset
 
-from contrastive.datamodules.common import Collate, Skipped, Tokenizer
+from contrastive.datamodules.common import Collate, DataError, Skipped, Tokenizer
 from contrastive.datamodules.images import DEFAULT_MAX_PIXELS, load_image
 from contrastive.tools.nga import MANIFEST, read_manifest
 
@@ -278,7 +278,7 @@ class NGADataModule(lightning.LightningDataModule):
             return
         records = read_manifest(self.root)
         if not records:
-            raise FileNotFoundError(
+            raise DataError(
                 f"no images listed in {self.root / MANIFEST}: download them first with "
                 f"`contrastive data nga --root {self.root}`"
             )

@@ -173,17 +173,24 @@ def check_factor_names(names: Sequence[str]) -> None:
         )
 
 
-def caption(factors: Mapping[str, Factor]) -> str:
-    """Describe an image in words, naming every attribute's class.
+def caption(factors: Mapping[str, Factor], named: Sequence[str] = ATTRIBUTES) -> str:
+    """Describe an image in words, naming the class of each attribute in ``named``.
 
-    For example ``a small red star at the top left, rotated 11 degrees, on a striped navy
-    background``. The size word always comes first, so the article is always "a".
+    With every attribute: ``a small red star at the top left, rotated 11 degrees, on a striped
+    navy background``. Attributes left out are left unsaid: ``a red star``, ``a small shape on
+    a striped background``. Every caption starts with "a" and names the object.
     """
-    name = {attr: CLASS_NAMES[attr][factors[attr].label] for attr in ATTRIBUTES}
-    return (
-        f"a {name['size']} {name['color']} {name['shape']} at the {name['position']}, "
-        f"rotated {name['rotation']}, on a {name['texture']} {name['background']} background"
-    )
+    name = {attr: CLASS_NAMES[attr][factors[attr].label] for attr in named}
+    words = [name.get("size"), name.get("color"), name.get("shape", "shape")]
+    text = "a " + " ".join(w for w in words if w)
+    if "position" in name:
+        text += f" at the {name['position']}"
+    if "rotation" in name:
+        text += f", rotated {name['rotation']}"
+    if "texture" in name or "background" in name:
+        surface = " ".join(w for w in (name.get("texture"), name.get("background")) if w)
+        text += f", on a {surface} background"
+    return text
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -334,7 +341,8 @@ class ShapesDataset(Dataset):
     - ``"caption"``: a sentence naming every attribute's class (see :func:`caption`).
     - ``"index"``: ``i``.
     - ``"view"``: ``(3, H, W)`` uint8 tensor, only when ``shared_factors`` is not ``None``: the
-      shared factors of the image kept exactly, every other one re-drawn to another class.
+      shared factors of the image kept exactly, every other one re-drawn to another class;
+      with its ``"view_caption"``.
 
     Args:
         num_samples: Number of items.
@@ -343,6 +351,10 @@ class ShapesDataset(Dataset):
         split: One of ``"train"``, ``"val"``, ``"test"``.
         shared_factors: Factors a generator view keeps; ``None`` for no view. ``[]`` makes a
             view that shares nothing with its image.
+        caption_dropout: Probability that the caption leaves out each attribute, drawn anew
+            on every fetch (like the views). Partial captions ("a red star") make an
+            image-text model learn each attribute on its own: with full captions, the easy
+            attributes alone tell the captions of a batch apart.
     """
 
     def __init__(
@@ -352,6 +364,7 @@ class ShapesDataset(Dataset):
         seed: int = 0,
         split: str = "train",
         shared_factors: list[str] | None = None,
+        caption_dropout: float = 0.0,
     ) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -363,6 +376,9 @@ class ShapesDataset(Dataset):
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if shared_factors is not None:
             check_factor_names(shared_factors)
+        if not 0.0 <= caption_dropout < 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout}")
+        self.caption_dropout = caption_dropout
         self.num_samples = num_samples
         self.image_size = image_size
         self.seed = seed
@@ -429,6 +445,12 @@ class ShapesDataset(Dataset):
             self._rng_key = key
         return self._rng
 
+    def _captioned(self) -> tuple[str, ...]:
+        if self.caption_dropout == 0:
+            return ATTRIBUTES
+        keep = self._view_rng().random(len(ATTRIBUTES)) >= self.caption_dropout  # (7,)
+        return tuple(a for a, k in zip(ATTRIBUTES, keep, strict=True) if k)
+
     def __getitem__(self, index: int) -> dict:
         if not -self.num_samples <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
@@ -437,12 +459,13 @@ class ShapesDataset(Dataset):
         item = {
             "image": torch.from_numpy(render(factors, self.image_size)),
             "labels": {attr: f.label for attr, f in factors.items()},
-            "caption": caption(factors),
+            "caption": caption(factors, self._captioned()),
             "index": index,
         }
         if self.shared_factors is not None:
             view = self.view_factors(factors, self._view_rng())
             item["view"] = torch.from_numpy(render(view, self.image_size))
+            item["view_caption"] = caption(view, self._captioned())
         return item
 
 
@@ -465,6 +488,8 @@ class ShapesDataModule(lightning.LightningDataModule):
         seed: Seed of every split's image stream (views follow the torch seed instead).
         shared_factors: Factors the train view shares with its image (see
             :class:`ShapesDataset`); ``None`` for no generator view.
+        caption_dropout: Probability that a train caption leaves out each attribute (see
+            :class:`ShapesDataset`); evaluation captions always name every attribute.
         batch_size: Train batch size (the last incomplete batch is dropped).
         eval_batch_size: Batch size of the bank, validation, test and predict loaders.
         num_workers: DataLoader worker processes (kept alive between epochs when > 0).
@@ -479,6 +504,7 @@ class ShapesDataModule(lightning.LightningDataModule):
         num_bank: int = 4096,
         seed: int = 0,
         shared_factors: list[str] | None = None,
+        caption_dropout: float = 0.0,
         batch_size: int = 256,
         eval_batch_size: int = 512,
         num_workers: int = 0,
@@ -514,6 +540,7 @@ class ShapesDataModule(lightning.LightningDataModule):
         self.num_bank = min(num_bank, num_train)
         self.seed = seed
         self.shared_factors = shared_factors
+        self.caption_dropout = caption_dropout
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -540,7 +567,11 @@ class ShapesDataModule(lightning.LightningDataModule):
         common = {"image_size": self.image_size, "seed": self.seed}
         self._datasets = {
             "train": ShapesDataset(
-                self.num_train, split="train", shared_factors=self.shared_factors, **common
+                self.num_train,
+                split="train",
+                shared_factors=self.shared_factors,
+                caption_dropout=self.caption_dropout,
+                **common,
             ),
             "bank": ShapesDataset(self.num_bank, split="train", **common),
             "val": ShapesDataset(self.num_val, split="val", **common),

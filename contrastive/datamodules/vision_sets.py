@@ -33,11 +33,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from contrastive.datamodules.common import Collate, Tokenizer
+from contrastive.datamodules.common import Collate, DataError, Tokenizer
 from contrastive.datamodules.images import resize_center_crop
 
 
-class VisionSetMissingError(FileNotFoundError):
+class VisionSetMissingError(DataError, FileNotFoundError):
     """The set's files are not under ``root``; the message says how to get them."""
 
 

@@ -2,7 +2,8 @@
 
 from contrastive.methods.base import ContrastiveMethod, NonFiniteLossError
 from contrastive.methods.byol import BYOL
+from contrastive.methods.clip import CLIP
 from contrastive.methods.simclr import SimCLR
 from contrastive.methods.supcon import SupCon
 
-__all__ = ["BYOL", "ContrastiveMethod", "NonFiniteLossError", "SimCLR", "SupCon"]
+__all__ = ["BYOL", "CLIP", "ContrastiveMethod", "NonFiniteLossError", "SimCLR", "SupCon"]

@@ -68,7 +68,8 @@ class ContrastiveMethod(LightningModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["augment", "optimizer"])
+        # Modules are saved in the state_dict (and LightningCLI keeps their config), not here.
+        self.save_hyperparameters(ignore=["augment", "optimizer", "text_tower"])
         self.backbone = create_backbone(backbone, **(backbone_kwargs or {}))
         self.augment = augment if augment is not None else Augment()
         self.optimizer = optimizer
@@ -96,7 +97,7 @@ class ContrastiveMethod(LightningModule):
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         if isinstance(batch, dict):
             self._skipped.add(batch.pop("skipped", ()))
-        if self._trainer is not None and self.trainer.training:
+        if self._trainer is not None and self.trainer.training and "image" in batch:
             batch["views"] = self.make_views(batch)
         return batch
 
@@ -162,7 +163,9 @@ class ContrastiveMethod(LightningModule):
 
     # ---- training ---------------------------------------------------------------------------
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+        if "image" not in batch:  # every sample of the batch was skipped: no step
+            return None
         loss = self.training_loss(batch)
         # All ranks stop together: one rank raising alone would leave the others waiting.
         finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)))
@@ -231,17 +234,27 @@ class ContrastiveMethod(LightningModule):
     def _labels(self, batch: dict) -> Tensor:
         return torch.stack([batch["labels"][a] for a in self.eval_num_classes], dim=1)  # (B, A)
 
+    def is_query_loader(self, dataloader_idx: int) -> bool:
+        """Whether evaluation loader ``dataloader_idx`` holds queries: the second of
+        ``[bank, query]``, or the only loader of a data module without a kNN bank."""
+        stage = "test" if self.trainer.testing else "val"
+        loaders = getattr(self.trainer, f"num_{stage}_batches", None) or [0]
+        return dataloader_idx == 1 or len(loaders) == 1
+
     def _eval_step(self, batch: dict, dataloader_idx: int, random_init: nn.Module | None) -> None:
+        if "image" not in batch:  # every sample of the batch was skipped
+            return
         features = self.embed(batch["image"])  # (B, D)
         encoders = [(self.knn, features)]
         if random_init is not None:
             normalized = self._memory_format(self.augment.normalize(batch["image"]))
             encoders.append((self.knn_random, random_init(normalized)))
-        if self.knn is not None:
+        query = self.is_query_loader(dataloader_idx)
+        if self.knn is not None and "labels" in batch:
             labels = self._labels(batch)
             for knn, feats in encoders:
-                (knn.update_bank if dataloader_idx == 0 else knn.update)(feats, labels)
-        if dataloader_idx == 0:
+                (knn.update if query else knn.update_bank)(feats, labels)
+        if not query:
             return
         self.uniformity.update(features)
         self.effective_rank.update(features)
@@ -275,7 +288,9 @@ class ContrastiveMethod(LightningModule):
     def _log_embedding_metrics(self, stage: str) -> dict[str, float]:
         results = {}
         if self.knn is not None and self.knn.update_count > 0:
-            for name, acc in zip(self.eval_num_classes, self.knn.compute(), strict=True):
+            for name, acc in zip(
+                self.eval_num_classes, self.knn.compute().reshape(-1), strict=True
+            ):
                 results[f"{stage}/knn/{name}"] = acc.item()
         if self.effective_rank.update_count > 0:
             rank = self.effective_rank.compute()
@@ -312,7 +327,7 @@ class ContrastiveMethod(LightningModule):
         trained = self._log_embedding_metrics("test")
         if self.knn_random is None or self.knn_random.update_count == 0:
             return
-        random_acc = self.knn_random.compute()
+        random_acc = self.knn_random.compute().reshape(-1)  # 0-d for one attribute
         self.knn_random.reset()
         names = list(self.eval_num_classes)
         self.log_dict({f"test/knn_random/{a}": v for a, v in zip(names, random_acc, strict=True)})

@@ -1,0 +1,372 @@
+"""CLIP: contrastive image-text pre-training, and its SigLIP and LiT variants."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from contrastive.crossmodal import CrossModalRetrieval, text_ids, zero_shot_logits
+from contrastive.crossmodal import zero_shot_weights as make_zero_shot_weights
+from contrastive.losses import clip_loss, siglip_loss
+from contrastive.methods.base import ContrastiveMethod
+from contrastive.text import TextTower, freeze
+
+DEFAULT_PROMPTS = ("a photo of a {}.",)
+
+
+class Towers(NamedTuple):
+    """The two encoders of an evaluation: uint8 images -> ``(B, E)``, a batch -> ``(B, E)``."""
+
+    image: Any
+    text: Any
+
+
+class CLIP(ContrastiveMethod):
+    """CLIP (Radford et al. 2021, arXiv:2103.00020): an image and a text tower whose embeddings
+    meet; each image is pulled to its caption and pushed from every other caption of the global
+    batch. ``loss="siglip"`` gives SigLIP (Zhai et al. 2023, arXiv:2303.15343); a frozen
+    pretrained text tower with a trained image tower gives LiT (Zhai et al. 2022,
+    arXiv:2111.07991).
+
+    The image tower is ``backbone`` (from the registry) plus a linear projection to
+    ``embed_dim``; the text tower is a :class:`~contrastive.text.TextTower` plus its own
+    projection. Validation and ``contrastive test`` add zero-shot accuracy per attribute (from the
+    data module's ``class_names`` and ``prompts``) and image-text retrieval to the base metrics.
+
+    Args:
+        text_tower: e.g. :class:`~contrastive.text.OpenCLIPText` or
+            :class:`~contrastive.text.SentenceTransformerText`, by ``class_path`` in YAML.
+        embed_dim: the shared embedding width; ``None`` keeps the text tower's width.
+        text_projection: a linear projection after the text tower. Without it (LiT's locked
+            tower) the image tower projects straight into the text tower's space.
+        freeze_image_tower: no gradient into ``backbone`` (its projection still trains).
+        freeze_text_tower: no gradient into the text tower (its projection still trains). Frozen
+            towers stay in eval mode and run without a graph.
+        loss: ``"clip"`` (symmetric softmax cross-entropy) or ``"siglip"`` (pairwise sigmoid).
+        init_temperature: initial ``1 / logit_scale``: 0.07 for CLIP, 0.1 for SigLIP by default.
+        learn_temperature: learn the logit scale (a float32 parameter without weight decay).
+        max_logit_scale: the logit scale is clamped to at most this (100 in CLIP).
+        init_logit_bias: SigLIP's initial bias (-10 in the paper).
+        tiled: compute the CLIP loss tile by tile (memory linear in the global batch).
+        tile_size: rows and columns per tile when ``tiled``.
+        prompts: zero-shot prompt templates per attribute, e.g. ``{"shape": ["a photo of a {}."]}``;
+            only the attributes named are evaluated. ``None``: every attribute of the data module
+            with ``"a photo of a {}."``.
+        text_cache_size: with a frozen text tower, remember up to this many captions' tower
+            outputs (a frozen tower always gives the same); 0 turns the cache off.
+        retrieval_chunk_size: queries per chunk when ranking for retrieval.
+        **kwargs: :class:`ContrastiveMethod` arguments (backbone, augment, optimizer, ...).
+    """
+
+    def __init__(
+        self,
+        text_tower: TextTower,
+        embed_dim: int | None = 256,
+        text_projection: bool = True,
+        freeze_image_tower: bool = False,
+        freeze_text_tower: bool = False,
+        loss: Literal["clip", "siglip"] = "clip",
+        init_temperature: float | None = None,
+        learn_temperature: bool = True,
+        max_logit_scale: float = 100.0,
+        init_logit_bias: float = -10.0,
+        tiled: bool = False,
+        tile_size: int = 1024,
+        prompts: dict[str, list[str]] | None = None,
+        text_cache_size: int = 100_000,
+        retrieval_chunk_size: int = 1024,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if loss not in ("clip", "siglip"):
+            raise ValueError(f"loss must be 'clip' or 'siglip', got '{loss}'")
+        init_temperature = init_temperature or {"clip": 0.07, "siglip": 0.1}[loss]
+        if not 0 < 1 / init_temperature <= max_logit_scale:
+            raise ValueError(
+                f"1 / init_temperature must be in (0, max_logit_scale={max_logit_scale}], got "
+                f"init_temperature={init_temperature}"
+            )
+        embed_dim = embed_dim or text_tower.num_features
+        if not text_projection and embed_dim != text_tower.num_features:
+            raise ValueError(
+                f"without text_projection, embed_dim ({embed_dim}) must equal the text tower's "
+                f"num_features ({text_tower.num_features})"
+            )
+        self.text_tower = freeze(text_tower) if freeze_text_tower else text_tower
+        if freeze_image_tower:
+            freeze(self.backbone)
+        self.image_projection = nn.Linear(self.backbone.num_features, embed_dim, bias=False)
+        self.text_projection = (
+            nn.Linear(text_tower.num_features, embed_dim, bias=False)
+            if text_projection
+            else nn.Identity()
+        )
+        log_scale = torch.tensor(math.log(1 / init_temperature))
+        if learn_temperature:
+            self.log_logit_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_logit_scale", log_scale)
+        if loss == "siglip":
+            self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
+        self.loss, self.max_logit_scale = loss, max_logit_scale
+        self.freeze_image_tower, self.freeze_text_tower = freeze_image_tower, freeze_text_tower
+        self.tile_size = tile_size if tiled else None
+        self.prompts = prompts
+        self.text_cache_size = text_cache_size if freeze_text_tower else 0
+        self._text_cache: dict[str, Tensor] = {}
+        self.retrieval_chunk_size = retrieval_chunk_size
+
+    @property
+    def tokenizer(self):
+        return self.text_tower.tokenizer
+
+    # ---- the two towers ---------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> CLIP:
+        super().train(mode)
+        if self.freeze_image_tower:
+            self.backbone.eval()  # frozen: no dropout, fixed BatchNorm statistics
+        if self.freeze_text_tower:
+            self.text_tower.eval()
+        return self
+
+    def make_views(self, batch: dict) -> list[Tensor]:
+        """One augmented view of each image, and of the generator's ``view`` if it has a
+        ``view_caption``: more pairs, and hard negatives when they differ in one attribute."""
+        sources = [batch["image"]]
+        if "view" in batch and "view_caption" in batch:
+            sources.append(batch["view"])
+        return [self._memory_format(self.augment(s)) for s in sources]
+
+    def encode_image(self, views: Tensor) -> Tensor:
+        """Normalised float images ``(B, C, H, W)`` -> ``(B, E)`` (not unit-norm)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_image_tower):
+            features = self.backbone(views)
+        return self.image_projection(features)
+
+    def encode_text(self, batch: dict) -> Tensor:
+        """The batch's captions (``"tokens"``, or ``"caption"`` tokenized here) -> ``(B, E)``."""
+        tokens = batch_tokens(batch, self)
+        if self.text_cache_size > 0:
+            features = self._cached_text_features(list(batch["caption"]), tokens)
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_text_tower):
+                features = self.text_tower(tokens)
+        return self.text_projection(features)
+
+    def _cached_text_features(self, captions: list[str], tokens: Any) -> Tensor:
+        missing = [i for i, c in enumerate(captions) if c not in self._text_cache]
+        computed = {}
+        if missing:
+            with torch.no_grad():
+                out = self.text_tower(_rows(tokens, torch.tensor(missing, device=self.device)))
+            computed = {captions[i]: row for i, row in zip(missing, out, strict=True)}
+            room = self.text_cache_size - len(self._text_cache)
+            self._text_cache.update(list(computed.items())[: max(0, room)])
+        return torch.stack([computed.get(c, self._text_cache.get(c)) for c in captions])
+
+    def logit_scale(self) -> Tensor:
+        """``exp`` of the learnt log-scale, clamped to ``max_logit_scale``, in float32."""
+        # float32 even under bf16 autocast: exp() of a value near 4.6 loses ~2 digits in bf16.
+        log_scale = self.log_logit_scale.float().clamp(max=math.log(self.max_logit_scale))
+        return log_scale.exp()
+
+    # ---- training ---------------------------------------------------------------------------
+
+    def training_loss(self, batch: dict) -> Tensor:
+        images = self.encode_image(torch.cat(batch["views"]))  # (B, E) or (2B, E) with views
+        texts = self.encode_text(batch)
+        if len(batch["views"]) == 2:
+            view_batch = {"caption": batch["view_caption"], "tokens": batch.get("view_tokens")}
+            view_texts = self.encode_text(view_batch)
+            texts = torch.cat([texts, view_texts])  # (2B, E)
+        ids = torch.zeros(len(images), dtype=torch.long, device=self.device)  # unused labels
+        all_texts, _, positions = self.gather(texts, ids)  # (M, E)
+        scale = self.logit_scale()
+        self.log("train/logit_scale", scale, batch_size=len(images))
+        if self.loss == "siglip":
+            return siglip_loss(images, all_texts, positions, scale, self.logit_bias.float())
+        all_images, _, _ = self.gather(images, ids)  # (M, E)
+        return clip_loss(images, texts, all_images, all_texts, positions, scale, self.tile_size)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        with torch.no_grad():  # as CLIP does after each step: the parameter itself stays bounded
+            self.log_logit_scale.clamp_(max=math.log(self.max_logit_scale))
+
+    # ---- evaluation: zero-shot classification and retrieval ----------------------------------
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        names = dict(getattr(getattr(self.trainer, "datamodule", None), "class_names", {}) or {})
+        prompts = self.prompts or {attr: list(DEFAULT_PROMPTS) for attr in names}
+        unknown = sorted(set(prompts) - set(names))
+        if unknown:
+            raise ValueError(f"prompts name attributes the data has no class names for: {unknown}")
+        self.zero_shot_prompts = {a: (names[a], templates) for a, templates in prompts.items()}
+        runs = ("trained", "random") if stage == "test" else ("trained",)
+        self.zero_shot = nn.ModuleDict(
+            {
+                run: nn.ModuleDict(
+                    {
+                        a: MulticlassAccuracy(len(classes), average="micro")
+                        for a, (classes, _) in self.zero_shot_prompts.items()
+                    }
+                )
+                for run in runs
+            }
+        )
+        self.retrieval = nn.ModuleDict(
+            {run: CrossModalRetrieval(chunk_size=self.retrieval_chunk_size) for run in runs}
+        )
+
+    def _towers(self) -> dict[str, Towers]:
+        trained = Towers(
+            lambda images: self.encode_image(self._normalized(images)), self.encode_text
+        )
+        return {"trained": trained, **getattr(self, "_random_towers", {})}
+
+    def _normalized(self, images: Tensor) -> Tensor:
+        return self._memory_format(self.augment.normalize(images))
+
+    def _start_eval(self) -> None:
+        self._zero_shot_weights = {
+            run: {
+                attr: make_zero_shot_weights(
+                    lambda texts, t=towers: t.text({"caption": texts}), classes, templates
+                )
+                for attr, (classes, templates) in self.zero_shot_prompts.items()
+            }
+            for run, towers in self._towers().items()
+        }
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval()
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval()
+
+    def _crossmodal_step(self, batch: dict) -> None:
+        if "image" not in batch:
+            return
+        groups = text_ids(batch["caption"]).to(self.device)
+        for run, towers in self._towers().items():
+            images, texts = towers.image(batch["image"]), towers.text(batch)  # (B, E)
+            self.retrieval[run].update(images, texts, groups)
+            for attr, weights in self._zero_shot_weights[run].items():
+                logits = zero_shot_logits(images, weights)  # (B, C)
+                self.zero_shot[run][attr].update(logits, batch["labels"][attr])
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        super().validation_step(batch, batch_idx, dataloader_idx)
+        if self.is_query_loader(dataloader_idx):
+            self._crossmodal_step(batch)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        super().test_step(batch, batch_idx, dataloader_idx)
+        if self.is_query_loader(dataloader_idx):
+            self._crossmodal_step(batch)
+
+    def on_test_start(self) -> None:
+        super().on_test_start()
+        self._random_towers = {"random": self._random_init_towers()}
+
+    def _random_init_towers(self) -> Towers:
+        """The same architecture at a seeded random init; a frozen tower stays as it is."""
+        backbone = self.backbone if self.freeze_image_tower else self._random_backbone[0]
+        parts = [self.image_projection, self.text_projection]
+        if not self.freeze_text_tower:
+            parts.append(self.text_tower)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            image_projection, text_projection, *text = [_reinitialized(p) for p in parts]
+        text_tower = text[0] if text else self.text_tower
+        image = lambda images: image_projection(backbone(self._normalized(images)))  # noqa: E731
+        text = lambda batch: text_projection(text_tower(batch_tokens(batch, self)))  # noqa: E731
+        return Towers(image, text)
+
+    def _log_crossmodal(self, stage: str) -> dict[str, dict[str, float]]:
+        results = {}
+        for run in self.retrieval:
+            values = {}
+            if self.retrieval[run].update_count > 0:
+                for name, value in self.retrieval[run].compute().items():
+                    values[f"retrieval/{name}"] = value.item()
+            for attr, accuracy in self.zero_shot[run].items():
+                if accuracy.update_count > 0:
+                    values[f"zero_shot/{attr}"] = accuracy.compute().item()
+                accuracy.reset()
+            self.retrieval[run].reset()
+            results[run] = values
+            prefix = stage if run == "trained" else f"{stage}/{run}"  # test/random/...
+            self.log_dict({f"{prefix}/{k}": v for k, v in values.items()})
+        return results
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self._log_crossmodal("val")
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        results = self._log_crossmodal("test")
+        if self.trainer.is_global_zero and results.get("trained"):
+            classes = {a: len(c) for a, (c, _) in self.zero_shot_prompts.items()}
+            print(crossmodal_report(results["trained"], results.get("random", {}), classes))
+
+
+def batch_tokens(batch: dict, model: CLIP) -> Any:
+    """The batch's tokens; tokenized here when the loader had no tokenizer."""
+    tokens = batch.get("tokens")
+    if tokens is None:
+        tokens = _to(model.tokenizer(list(batch["caption"])), model.device)
+    return tokens
+
+
+def crossmodal_report(
+    trained: dict[str, float], random: dict[str, float], classes: dict[str, int]
+) -> str:
+    """The image-text table: zero-shot accuracy per attribute, then retrieval, trained vs random."""
+    lines = [
+        "Zero-shot classification (top-1 from class prompts) and retrieval, test split",
+        f"{'metric':<22}{'chance':>8}{'random init':>13}{'trained':>9}{'gain':>8}",
+    ]
+
+    def row(name: str, key: str, chance: str) -> None:
+        value, base = trained.get(key), random.get(key, float("nan"))
+        if value is not None:
+            lines.append(f"{name:<22}{chance:>8}{base:>13.3f}{value:>9.3f}{value - base:>+8.3f}")
+
+    for attr, n in classes.items():
+        row(f"zero-shot {attr}", f"zero_shot/{attr}", f"{1 / n:.3f}")
+    for direction in ("i2t", "t2i"):
+        for k in (1, 5, 10):
+            row(f"{direction} R@{k}", f"retrieval/{direction}/R@{k}", "")
+        row(f"{direction} median rank", f"retrieval/{direction}/median_rank", "")
+    return "\n".join(lines)
+
+
+def _to(tokens: Any, device: torch.device) -> Any:
+    if isinstance(tokens, dict):
+        return {k: v.to(device) for k, v in tokens.items()}
+    return tokens.to(device)
+
+
+def _rows(tokens: Any, index: Tensor) -> Any:
+    if isinstance(tokens, dict):
+        return {k: v[index] for k, v in tokens.items()}
+    return tokens[index]
+
+
+def _reinitialized(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with fresh parameters from each layer's own initialiser."""
+    module = copy.deepcopy(module)
+    for layer in module.modules():
+        for init in ("init_parameters", "reset_parameters", "_reset_parameters"):
+            if callable(getattr(layer, init, None)):
+                getattr(layer, init)()
+                break
+    return module

@@ -1,0 +1,168 @@
+"""CLIP, SigLIP and LiT: towers, gradients, the temperature, tokenization in the loader, the
+text cache, and evaluation through fit and test."""
+
+import math
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from contrastive.datamodules import ShapesDataModule
+from contrastive.methods import CLIP
+from contrastive.text import OpenCLIPText, SentenceTransformerText
+
+
+def _text(**kwargs) -> OpenCLIPText:
+    return OpenCLIPText(
+        width=16, layers=1, heads=2, context_length=32, **{"embed_dim": 16, **kwargs}
+    )
+
+
+def _clip(**kwargs) -> CLIP:
+    torch.manual_seed(0)
+    args = dict(text_tower=_text(), embed_dim=16, backbone_kwargs={"width": 4})
+    return CLIP(**{**args, **kwargs})
+
+
+def _data(**kwargs) -> ShapesDataModule:
+    args = dict(num_train=64, num_val=32, num_test=64, num_bank=64, batch_size=16)
+    return ShapesDataModule(**{**args, **kwargs})
+
+
+def _trainer(**kwargs) -> Trainer:
+    args = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    return Trainer(**{**args, "enable_model_summary": False, **kwargs})
+
+
+def _batch(n: int = 6) -> dict:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    return {"image": images, "caption": [f"a shape number {i}" for i in range(n)]}
+
+
+def _loss(model: CLIP, batch: dict) -> torch.Tensor:
+    batch = {**batch, "views": model.make_views(batch)}
+    return model.training_loss(batch)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"loss": "siglip"}, {"freeze_text_tower": True}, {"freeze_image_tower": True}],
+    ids=["clip", "siglip", "frozen text", "frozen image"],
+)
+def test_gradients_reach_every_trainable_part_and_no_frozen_one(kwargs):
+    model = _clip(**kwargs).train()
+    _loss(model, _batch()).backward()
+    frozen = [model.text_tower] if kwargs.get("freeze_text_tower") else []
+    frozen += [model.backbone] if kwargs.get("freeze_image_tower") else []
+    frozen_ids = {id(p) for m in frozen for p in m.parameters()}
+    for name, param in model.named_parameters():
+        if id(param) in frozen_ids:
+            assert not param.requires_grad and param.grad is None, name
+        else:
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+    for tower in frozen:  # no dropout, no BatchNorm statistics updates, whatever train() says
+        assert not any(m.training for m in tower.modules())
+
+
+def test_the_logit_scale_starts_as_in_the_papers_and_is_clamped_at_100():
+    assert _clip().logit_scale().item() == pytest.approx(1 / 0.07)
+    siglip = _clip(loss="siglip")
+    assert siglip.logit_scale().item() == pytest.approx(10.0)
+    assert siglip.logit_bias.item() == -10.0
+    fixed = _clip(learn_temperature=False)
+    assert "log_logit_scale" not in dict(fixed.named_parameters())
+
+    model = _clip(optimizer=lambda groups: torch.optim.SGD(groups, lr=0.1))
+    with torch.no_grad():
+        model.log_logit_scale.fill_(math.log(1000.0))
+    assert model.logit_scale().item() == pytest.approx(100.0)  # clamped in the forward pass
+    assert model.logit_scale().dtype == torch.float32
+    _trainer(max_steps=1, limit_val_batches=0).fit(model, _data())
+    assert model.log_logit_scale.item() <= math.log(100.0) + 1e-6  # and the parameter itself
+
+
+def test_the_clamp_matches_a_loss_at_scale_100():
+    batch = _batch()
+    clamped = _clip()
+    with torch.no_grad():
+        clamped.log_logit_scale.fill_(math.log(1e4))
+    at_100 = _clip()
+    with torch.no_grad():
+        at_100.log_logit_scale.fill_(math.log(100.0))
+    torch.testing.assert_close(_loss(clamped.eval(), batch), _loss(at_100.eval(), batch))
+
+
+def test_bad_settings_are_one_line_errors():
+    with pytest.raises(ValueError, match="'clip' or 'siglip'"):
+        _clip(loss="infonce")
+    with pytest.raises(ValueError, match="init_temperature"):
+        _clip(init_temperature=0.001)
+    with pytest.raises(ValueError, match="num_features"):
+        _clip(text_projection=False, embed_dim=32)  # the text tower gives 16
+
+
+def test_captions_are_tokenized_by_the_loader_with_the_methods_tokenizer():
+    model, data = _clip(), _data()
+    _trainer(max_steps=1, limit_val_batches=0).fit(model, data)
+    assert data.tokenizer is model.tokenizer
+    batch = next(iter(data.train_dataloader()))
+    torch.testing.assert_close(batch["tokens"], model.tokenizer(batch["caption"]))
+    # A loader without the tokenizer still works: the step tokenizes.
+    del batch["tokens"]
+    torch.testing.assert_close(
+        model.encode_text(batch),
+        model.encode_text({**batch, "tokens": model.tokenizer(batch["caption"])}),
+    )
+
+
+def test_a_frozen_text_tower_embeds_each_caption_once():
+    model = _clip(freeze_text_tower=True, text_cache_size=5)
+    calls = []
+    model.text_tower.register_forward_hook(lambda m, args, out: calls.append(len(out)))
+    batch = {"caption": ["a", "b", "c", "a"]}
+    first = model.encode_text(batch)
+    second = model.encode_text({"caption": ["c", "b", "d", "e", "f", "g"]})
+    assert calls == [4, 4]  # the second call computed only d, e, f, g
+    assert len(model._text_cache) == 5  # bounded: f and g did not fit
+    uncached = _clip(freeze_text_tower=True, text_cache_size=0)
+    torch.testing.assert_close(first, uncached.encode_text(batch))
+    torch.testing.assert_close(second[:2], first[[2, 1]])
+
+
+def test_lit_trains_an_image_tower_into_a_frozen_pretrained_text_space():
+    text = SentenceTransformerText("sentence-transformers/all-MiniLM-L6-v2")
+    model = CLIP(
+        text_tower=text,
+        embed_dim=None,
+        text_projection=False,
+        freeze_text_tower=True,
+        backbone_kwargs={"width": 4},
+    )
+    before = {k: v.clone() for k, v in model.text_tower.state_dict().items()}
+    _trainer(max_steps=2, limit_val_batches=0).fit(model, _data())
+    assert model.image_projection.out_features == 384
+    for key, value in model.text_tower.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_fit_and_test_report_zero_shot_and_retrieval_against_random_init(capsys):
+    prompts = {"shape": ["a {}"], "color": ["a {} shape", "something {}"]}
+    model, data = _clip(prompts=prompts), _data(caption_dropout=0.3)
+    trainer = _trainer(max_steps=4, limit_val_batches=2)
+    trainer.fit(model, data)
+    val = trainer.callback_metrics
+    assert {"val/zero_shot/shape", "val/zero_shot/color", "val/retrieval/i2t/R@5"} <= set(val)
+    assert "val/zero_shot/size" not in val  # only the prompted attributes
+    results = trainer.test(model, data)[0]
+    assert 0 <= results["test/zero_shot/shape"] <= 1
+    assert results["test/retrieval/t2i/median_rank"] >= 1
+    assert "test/random/retrieval/i2t/R@1" in results
+    report = capsys.readouterr().out
+    assert "zero-shot shape" in report and "i2t R@5" in report and "random init" in report
+
+
+def test_prompts_must_name_attributes_the_data_has():
+    model = _clip(prompts={"artist": ["a painting by {}"]})
+    with pytest.raises(ValueError, match="artist"):
+        _trainer(max_steps=1).fit(model, _data())
