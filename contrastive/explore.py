@@ -165,6 +165,50 @@ def load_method(ckpt: str | Path, device: torch.device):
     return model.eval().to(device), image_size
 
 
+class BackboneEmbedder(torch.nn.Module):
+    """A registry backbone with the ``embed`` of a method: uint8 images, normalised as the
+    backbone's weights expect (open_clip's and timm's preprocessing configs; ImageNet's
+    statistics otherwise)."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        config = (
+            getattr(backbone, "preprocess_cfg", None)
+            or getattr(backbone, "pretrained_cfg", None)
+            or {}
+        )
+        mean = config.get("mean", (0.485, 0.456, 0.406))
+        std = config.get("std", (0.229, 0.224, 0.225))
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        size = config.get("size", config.get("input_size", DEFAULT_IMAGE_SIZE))
+        self.image_size = int(size[-1] if isinstance(size, (tuple, list)) else size)
+
+    def embed(self, images: Tensor) -> Tensor:
+        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        return self.backbone((x - self.mean) / self.std)
+
+
+def load_compare_model(spec: str, pretrained: str | None, device: torch.device):
+    """The ``--compare-ckpt`` model: a checkpoint, or a backbone from the registry
+    (``open_clip:ViT-B-32`` with ``--compare-pretrained laion2b_s34b_b79k``, ``timm:NAME``).
+
+    Returns:
+        ``(model with .embed, image size or None)``.
+    """
+    if Path(spec).expanduser().is_file() or spec.endswith(".ckpt"):
+        return load_method(spec, device)
+    from contrastive.backbones import BackboneWeightsError, UnknownBackboneError, create_backbone
+
+    weights: bool | str = {None: False, "true": True}.get(pretrained, pretrained)
+    try:
+        model = BackboneEmbedder(create_backbone(spec, pretrained=weights))
+    except (UnknownBackboneError, BackboneWeightsError) as err:
+        raise ExploreError(f"--compare-ckpt {spec}: {err}") from None
+    return model.eval().to(device), model.image_size
+
+
 @dataclass
 class Embeddings:
     """Embeddings of the readable images of a collection, in its order."""
@@ -358,8 +402,13 @@ def _check_new(path: Path, overwrite: bool) -> None:
 
 
 def _embed_with(args, ckpt: str, device: torch.device, source: ImageSource | None = None):
-    model, trained_size = load_method(ckpt, device)
+    if ckpt == getattr(args, "compare_ckpt", None):
+        model, trained_size = load_compare_model(ckpt, args.compare_pretrained, device)
+    else:
+        model, trained_size = load_method(ckpt, device)
     image_size = args.image_size or trained_size or DEFAULT_IMAGE_SIZE
+    if isinstance(model, BackboneEmbedder):  # a pretrained model sees the size it was made for
+        image_size = trained_size
     if source is None:
         source = image_source(args.images, image_size)
     emb = embed_source(
@@ -498,7 +547,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--no-progress", action="store_true")
     similar.add_argument("--top", type=int, default=16)
     similar.add_argument("--query", default=None, help="an image: its neighbours, not pairs")
-    similar.add_argument("--compare-ckpt", default=None, help="a second model's similarities")
+    similar.add_argument(
+        "--compare-ckpt",
+        default=None,
+        help="a second model's similarities: a checkpoint, or a backbone from the registry "
+        "such as open_clip:ViT-B-32 (with --compare-pretrained) or timm:NAME",
+    )
+    similar.add_argument(
+        "--compare-pretrained",
+        default=None,
+        help="weights of a registry --compare-ckpt: an open_clip tag (laion2b_s34b_b79k), a "
+        "local file, or true for the default",
+    )
     similar.add_argument("--chunk-size", type=int, default=4096, help="rows scored at once")
     similar.add_argument(
         "--search",

@@ -192,3 +192,31 @@ def test_nearest_excludes_the_query_row():
     z[1] = z[0]
     scores, index = nearest(z, z[0], k=2, exclude=0)
     assert index[0] == 1 and scores[0] == 1.0 and 0 not in index.tolist()
+
+
+def test_similar_compares_with_a_clip_model_from_the_registry(
+    ckpt, folder, tmp_path, capsys, tiny_checkpoint
+):
+    """``--compare-ckpt open_clip:NAME --compare-pretrained WEIGHTS``: the second column is the
+    cosine of that model's image embeddings, at its own image size and normalisation."""
+    model, weights = tiny_checkpoint
+    out = tmp_path / "pairs.png"
+    _cli("similar", "--ckpt", str(ckpt), "--images", str(folder), "--top", "2", "--out", str(out),
+         "--compare-ckpt", "open_clip:Tiny-Test-ViT", "--compare-pretrained", weights)  # fmt: skip
+    rows = _table(capsys.readouterr().out)
+    assert len(rows) == 2 and len(rows[0]) == 5
+
+    def clip_image(path):  # the model's own preprocessing, by hand: 32 px, its mean and std
+        image = Image.open(path).convert("RGB").resize((32, 32), Image.Resampling.BICUBIC)
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float()[None] / 255
+        mean = torch.tensor(model.visual.preprocess_cfg["mean"]).view(1, 3, 1, 1)
+        std = torch.tensor(model.visual.preprocess_cfg["std"]).view(1, 3, 1, 1)
+        with torch.no_grad():
+            return torch.nn.functional.normalize(model.encode_image((x - mean) / std), dim=1)[0]
+
+    a, b = clip_image(rows[1][3]), clip_image(rows[1][4])
+    assert float(rows[1][2]) == pytest.approx(float(a @ b), abs=0.02)  # resampling differs
+    with pytest.raises(SystemExit):
+        _cli("similar", "--ckpt", str(ckpt), "--images", str(folder), "--out",
+             str(tmp_path / "x.png"), "--compare-ckpt", "open_clip:ViT-B-23")  # fmt: skip
+    assert "close matches: open_clip:ViT-B-32" in capsys.readouterr().err

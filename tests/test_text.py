@@ -1,10 +1,8 @@
 """Text towers: open_clip transformers (random init or pretrained weights from a local
 checkpoint) and sentence-transformers models (the bundled all-MiniLM-L6-v2, offline)."""
 
-import json
 import pickle
 
-import open_clip
 import pytest
 import torch
 
@@ -16,38 +14,7 @@ from contrastive.backbones import (
 )
 from contrastive.text import OpenCLIPText, SentenceTransformerText, resolve_sentence_transformer
 
-TINY = "Tiny-Test-ViT"
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    """A tiny open_clip model config, registered, and a checkpoint of it saved to disk: the
-    stand-in for a pretrained tag, which would need the network."""
-    root = tmp_path_factory.mktemp("open_clip")
-    config = {
-        "embed_dim": 24,
-        "vision_cfg": {
-            "image_size": 32,
-            "layers": 1,
-            "width": 32,
-            "patch_size": 8,
-            "head_width": 16,
-        },
-        "text_cfg": {
-            "context_length": 16,
-            "vocab_size": 49408,
-            "width": 32,
-            "heads": 2,
-            "layers": 1,
-        },
-    }
-    (root / f"{TINY}.json").write_text(json.dumps(config))
-    open_clip.add_model_config(root)
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY)
-    path = root / "tiny.pt"
-    torch.save(model.state_dict(), path)
-    return model.eval(), str(path)
+TINY = "Tiny-Test-ViT"  # registered by the tiny_checkpoint fixture (conftest.py)
 
 
 def test_open_clip_text_at_random_init_follows_its_config_and_overrides():

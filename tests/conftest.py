@@ -1,0 +1,40 @@
+"""Fixtures shared by several test modules."""
+
+import json
+
+import open_clip
+import pytest
+import torch
+
+TINY = "Tiny-Test-ViT"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny open_clip model config, registered, and a checkpoint of it saved to disk: the
+    stand-in for a pretrained tag, which would need the network."""
+    root = tmp_path_factory.mktemp("open_clip")
+    config = {
+        "embed_dim": 24,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 1,
+            "width": 32,
+            "patch_size": 8,
+            "head_width": 16,
+        },
+        "text_cfg": {
+            "context_length": 16,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
+    }
+    (root / f"{TINY}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(root)
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY)
+    path = root / "tiny.pt"
+    torch.save(model.state_dict(), path)
+    return model.eval(), str(path)
