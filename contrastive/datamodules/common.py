@@ -17,7 +17,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from torch.utils.data import default_collate
+import lightning
+import torch
+from torch.utils.data import DataLoader, default_collate
 
 
 class DataError(ValueError):
@@ -100,3 +102,51 @@ class SkipReport:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in self.counts.most_common())
         first = "; ".join(f"{s.source} ({s.reason})" for s in self.examples)
         return f"{where}: skipped {self.total} bad samples ({reasons}); first: {first}"
+
+
+class BankQueryDataModule(lightning.LightningDataModule):
+    """The loaders of a labelled data module: shuffled train batches, and ``[bank, query]``
+    for validation and test (the kNN memory and the held-out queries; see
+    :class:`~contrastive.methods.ContrastiveMethod`); predict runs on the test queries.
+
+    A subclass fills ``self._datasets`` in ``setup`` with ``"train"``, ``"bank"`` and the
+    splits named by ``val_split`` and ``test_split``, and sets ``batch_size``,
+    ``eval_batch_size``, ``num_workers`` and ``tokenizer``.
+    """
+
+    val_split = "val"
+    test_split = "test"
+
+    def loader_workers(self) -> int:
+        return self.num_workers
+
+    def _loader(self, name: str, train: bool = False) -> DataLoader:
+        if not self._datasets:
+            raise RuntimeError(f"call setup() before asking {type(self).__name__} for a dataloader")
+        workers = self.loader_workers()
+        return DataLoader(
+            self._datasets[name],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=Collate(self.tokenizer),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled train batches (the last incomplete one dropped); views are made later."""
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """``[bank, query]``: the kNN memory (training images) and the validation split."""
+        return [self._loader("bank"), self._loader(self.val_split)]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """``[bank, query]``: the kNN memory (training images) and the test split."""
+        return [self._loader("bank"), self._loader(self.test_split)]
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split."""
+        return self._loader(self.test_split)

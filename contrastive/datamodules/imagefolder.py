@@ -26,13 +26,16 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning
 import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from contrastive.datamodules.common import Collate, DataError, Skipped, Tokenizer
+from contrastive.datamodules.common import (
+    BankQueryDataModule,
+    DataError,
+    Skipped,
+    Tokenizer,
+)
 from contrastive.datamodules.images import DEFAULT_MAX_PIXELS, load_image
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
@@ -161,7 +164,7 @@ class ImageFolderDataset(Dataset):
         return item
 
 
-class ImageFolderDataModule(lightning.LightningDataModule):
+class ImageFolderDataModule(BankQueryDataModule):
     """Images from folders on disk: ImageNet's layouts or any folder, labelled or not.
 
     See the module docstring for the layouts. Validation and test return ``[bank, query]``:
@@ -192,6 +195,8 @@ class ImageFolderDataModule(lightning.LightningDataModule):
         num_workers: Loader worker processes (kept alive between epochs when > 0); ``None``
             for :func:`default_num_workers` of the Trainer's device count.
     """
+
+    val_split = test_split = "query"  # one held-out split serves both
 
     def __init__(
         self,
@@ -447,38 +452,7 @@ class ImageFolderDataModule(lightning.LightningDataModule):
 
     # ---- loaders ------------------------------------------------------------------------
 
-    def _workers(self) -> int:
+    def loader_workers(self) -> int:
         if self.num_workers is not None:
             return self.num_workers
         return default_num_workers(self.trainer.num_devices if self.trainer is not None else 1)
-
-    def _loader(self, name: str, train: bool = False) -> DataLoader:
-        if not self._datasets:
-            raise RuntimeError("call setup() before asking ImageFolderDataModule for a dataloader")
-        workers = self._workers()
-        return DataLoader(
-            self._datasets[name],
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            collate_fn=Collate(self.tokenizer),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training images (the methods make the views on the device)."""
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> list[DataLoader]:
-        """``[bank, query]``: the kNN memory (training images) and the held-out images."""
-        return [self._loader("bank"), self._loader("query")]
-
-    def test_dataloader(self) -> list[DataLoader]:
-        """``[bank, query]``, as for validation."""
-        return [self._loader("bank"), self._loader("query")]
-
-    def predict_dataloader(self) -> DataLoader:
-        """The held-out images."""
-        return self._loader("query")

@@ -24,10 +24,14 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import lightning
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from contrastive.datamodules.common import Collate, DataError, Skipped, Tokenizer
+from contrastive.datamodules.common import (
+    BankQueryDataModule,
+    DataError,
+    Skipped,
+    Tokenizer,
+)
 from contrastive.datamodules.images import DEFAULT_MAX_PIXELS, load_image
 from contrastive.tools.nga import MANIFEST, read_manifest
 
@@ -196,7 +200,7 @@ class NGADataset(Dataset):
         }
 
 
-class NGADataModule(lightning.LightningDataModule):
+class NGADataModule(BankQueryDataModule):
     """National Gallery of Art images (``contrastive data nga --root ROOT`` downloads them).
 
     Validation and test return two loaders, ``[bank, query]``: ``bank`` is the first
@@ -337,30 +341,3 @@ class NGADataModule(lightning.LightningDataModule):
         return self._datasets[split]
 
     # ---- loaders ----------------------------------------------------------------------------
-
-    def _loader(self, name: str, train: bool = False) -> DataLoader:
-        return DataLoader(
-            self.dataset(name),
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=Collate(self.tokenizer),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled train batches."""
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> list[DataLoader]:
-        """``[bank, query]``: the kNN memory bank (train split) and the validation split."""
-        return [self._loader("bank"), self._loader("val")]
-
-    def test_dataloader(self) -> list[DataLoader]:
-        """``[bank, query]``: the kNN memory bank (train split) and the test split."""
-        return [self._loader("bank"), self._loader("test")]
-
-    def predict_dataloader(self) -> DataLoader:
-        """The test split."""
-        return self._loader("test")

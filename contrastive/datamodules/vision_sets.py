@@ -27,13 +27,12 @@ import pickle
 from pathlib import Path
 from typing import NamedTuple
 
-import lightning
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from contrastive.datamodules.common import Collate, DataError, Tokenizer
+from contrastive.datamodules.common import BankQueryDataModule, DataError, Tokenizer
 from contrastive.datamodules.images import resize_center_crop
 
 
@@ -193,7 +192,7 @@ class ArrayDataset(Dataset):
         return item
 
 
-class VisionSetDataModule(lightning.LightningDataModule):
+class VisionSetDataModule(BankQueryDataModule):
     """CIFAR-10 (Krizhevsky 2009), CIFAR-100 (same report) or STL-10 (Coates et al. 2011).
 
     See the module docstring for the folders, labels and evaluation loaders.
@@ -329,33 +328,3 @@ class VisionSetDataModule(lightning.LightningDataModule):
             f"{SPECS[self.name].title}: {len(train_set)} train, {len(bank)} bank, "
             f"{len(val)} validation and {len(test.images)} test images"
         )
-
-    def _loader(self, name: str, train: bool = False) -> DataLoader:
-        if not self._datasets:
-            raise RuntimeError("call setup() before asking VisionSetDataModule for a dataloader")
-        return DataLoader(
-            self._datasets[name],
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            collate_fn=Collate(self.tokenizer),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training images."""
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> list[DataLoader]:
-        """``[bank, query]``: training images and the validation query (see ``val_fraction``)."""
-        return [self._loader("bank"), self._loader("val")]
-
-    def test_dataloader(self) -> list[DataLoader]:
-        """``[bank, query]``: training images and the test split."""
-        return [self._loader("bank"), self._loader("test")]
-
-    def predict_dataloader(self) -> DataLoader:
-        """The test split."""
-        return self._loader("test")
