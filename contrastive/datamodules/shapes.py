@@ -41,12 +41,11 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-import lightning
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from contrastive.datamodules.common import Collate, Tokenizer
+from contrastive.datamodules.common import BankQueryDataModule, Tokenizer
 
 ATTRIBUTES: tuple[str, ...] = (
     "shape",
@@ -459,20 +458,21 @@ class ShapesDataset(Dataset):
         item = {
             "image": torch.from_numpy(render(factors, self.image_size)),
             "labels": {attr: f.label for attr, f in factors.items()},
-            "caption": caption(factors, self._captioned()),
+            "caption": caption(factors, named := self._captioned()),
             "index": index,
         }
         if self.shared_factors is not None:
             view = self.view_factors(factors, self._view_rng())
             item["view"] = torch.from_numpy(render(view, self.image_size))
-            item["view_caption"] = caption(view, self._captioned())
+            # The same attributes said: the two captions differ only where the images do.
+            item["view_caption"] = caption(view, named)
         return item
 
 
 # ----------------------------------------------------------------------------- datamodule
 
 
-class ShapesDataModule(lightning.LightningDataModule):
+class ShapesDataModule(BankQueryDataModule):
     """The built-in dataset: generated shapes with known attributes, nothing to download.
 
     Validation and test return two loaders, ``[bank, query]``: ``bank`` is the first
@@ -577,32 +577,3 @@ class ShapesDataModule(lightning.LightningDataModule):
             "val": ShapesDataset(self.num_val, split="val", **common),
             "test": ShapesDataset(self.num_test, split="test", **common),
         }
-
-    def _loader(self, name: str, train: bool = False) -> DataLoader:
-        if not self._datasets:
-            raise RuntimeError("call setup() before asking ShapesDataModule for a dataloader")
-        return DataLoader(
-            self._datasets[name],
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=Collate(self.tokenizer),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled train batches, with a ``"view"`` when ``shared_factors`` is set."""
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> list[DataLoader]:
-        """``[bank, query]``: the kNN memory bank (train split) and the ``"val"`` split."""
-        return [self._loader("bank"), self._loader("val")]
-
-    def test_dataloader(self) -> list[DataLoader]:
-        """``[bank, query]``: the kNN memory bank (train split) and the ``"test"`` split."""
-        return [self._loader("bank"), self._loader("test")]
-
-    def predict_dataloader(self) -> DataLoader:
-        """The ``"test"`` split."""
-        return self._loader("test")
