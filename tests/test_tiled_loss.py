@@ -184,3 +184,35 @@ def test_simclr_tiled_gives_the_same_loss_and_gradients():
     torch.testing.assert_close(tiled, dense, rtol=1e-12, atol=0)
     for t, d in zip(tiled_grads, dense_grads, strict=True):
         torch.testing.assert_close(t, d, rtol=1e-9, atol=1e-12)
+
+
+def test_methods_tile_automatically_above_a_global_batch(monkeypatch):
+    from contrastive import losses
+    from contrastive.methods import simclr
+
+    calls = []
+    tiled = losses.info_nce_tiled
+
+    def spy(*args, **kwargs):
+        calls.append(len(args[1]))
+        return tiled(*args, **kwargs)
+
+    monkeypatch.setattr(simclr, "info_nce_tiled", spy)
+    monkeypatch.setattr(losses, "info_nce_tiled", spy)  # clip_loss's
+    torch.manual_seed(0)
+    views = [torch.rand(6, 3, 32, 32) for _ in range(2)]
+    model = simclr.SimCLR(backbone_kwargs={"width": 4}, projector_hidden_dim=16, tile_above=12)
+    model.training_loss({"views": views})
+    assert calls == []  # 12 candidates: not above
+    model.tile_above = 11
+    model.training_loss({"views": views})
+    assert calls == [12]
+
+    from contrastive.methods import CLIP
+    from contrastive.text import OpenCLIPText
+
+    text = OpenCLIPText(width=16, layers=1, heads=2, context_length=8, embed_dim=8)
+    clip = CLIP(text_tower=text, embed_dim=8, backbone_kwargs={"width": 4}, tile_above=5)
+    batch = {"image": (views[0] * 255).byte(), "caption": [f"a {i}" for i in range(6)]}
+    clip.training_loss({**batch, "views": clip.make_views(batch)})
+    assert calls == [12, 6, 6]  # both directions of the symmetric loss

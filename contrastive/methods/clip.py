@@ -12,7 +12,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from contrastive.crossmodal import CrossModalRetrieval, text_ids, zero_shot_logits
 from contrastive.crossmodal import zero_shot_weights as make_zero_shot_weights
-from contrastive.losses import clip_loss, siglip_loss
+from contrastive.heads import ProjectionHead
+from contrastive.losses import clip_loss, info_nce, siglip_loss
 from contrastive.methods.base import ContrastiveMethod
 from contrastive.text import TextTower, freeze
 
@@ -54,12 +55,20 @@ class CLIP(ContrastiveMethod):
         init_logit_bias: SigLIP's initial bias (-10 in the paper).
         tiled: compute the CLIP loss tile by tile (memory linear in the global batch).
         tile_size: rows and columns per tile when ``tiled``.
+        tile_above: tile automatically when the global batch has more pairs than this;
+            ``None`` never does.
         prompts: zero-shot prompt templates per attribute, e.g. ``{"shape": ["a photo of a {}."]}``;
             only the attributes named are evaluated. ``None``: every attribute of the data module
             with ``"a photo of a {}."``.
         text_cache_size: with a frozen text tower, remember up to this many captions' tower
             outputs (a frozen tower always gives the same); 0 turns the cache off.
         retrieval_chunk_size: queries per chunk when ranking for retrieval.
+        ssl_weight: weight of SLIP's image self-supervision (Mu et al. 2022,
+            arXiv:2112.12750): NT-Xent between two views of each image (two augmentations, or
+            the data's generator view), through its own projection head. It gives the image
+            tower features the captions alone are slow to teach (shape, on the shapes data).
+        ssl_temperature: its NT-Xent temperature.
+        ssl_projector_dim: its projection head's output width (hidden: 512).
         **kwargs: :class:`ContrastiveMethod` arguments (backbone, augment, optimizer, ...).
     """
 
@@ -77,9 +86,13 @@ class CLIP(ContrastiveMethod):
         init_logit_bias: float = -10.0,
         tiled: bool = False,
         tile_size: int = 1024,
+        tile_above: int | None = 8192,
         prompts: dict[str, list[str]] | None = None,
         text_cache_size: int = 100_000,
         retrieval_chunk_size: int = 1024,
+        ssl_weight: float = 0.0,
+        ssl_temperature: float = 0.1,
+        ssl_projector_dim: int = 128,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -115,11 +128,14 @@ class CLIP(ContrastiveMethod):
             self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
         self.loss, self.max_logit_scale = loss, max_logit_scale
         self.freeze_image_tower, self.freeze_text_tower = freeze_image_tower, freeze_text_tower
-        self.tile_size = tile_size if tiled else None
+        self.tiled, self.tile_size, self.tile_above = tiled, tile_size, tile_above
         self.prompts = prompts
         self.text_cache_size = text_cache_size if freeze_text_tower else 0
         self._text_cache: dict[str, Tensor] = {}
         self.retrieval_chunk_size = retrieval_chunk_size
+        self.ssl_weight, self.ssl_temperature = ssl_weight, ssl_temperature
+        if ssl_weight > 0:
+            self.ssl_projector = ProjectionHead(self.backbone.num_features, 512, ssl_projector_dim)
 
     @property
     def tokenizer(self):
@@ -136,18 +152,20 @@ class CLIP(ContrastiveMethod):
         return self
 
     def make_views(self, batch: dict) -> list[Tensor]:
-        """One augmented view of each image, and of the generator's ``view`` if it has a
-        ``view_caption``: more pairs, and hard negatives when they differ in one attribute."""
+        """An augmented view of each image, and a second one when the batch has a generator
+        ``view`` (augmented) or ``ssl_weight > 0`` (of the image itself, augmented again)."""
         sources = [batch["image"]]
-        if "view" in batch and "view_caption" in batch:
-            sources.append(batch["view"])
+        if "view" in batch or self.ssl_weight > 0:
+            sources.append(batch.get("view", batch["image"]))
         return [self._memory_format(self.augment(s)) for s in sources]
+
+    def _features(self, views: Tensor) -> Tensor:  # normalised images -> (B, F) backbone
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_image_tower):
+            return self.backbone(views)
 
     def encode_image(self, views: Tensor) -> Tensor:
         """Normalised float images ``(B, C, H, W)`` -> ``(B, E)`` (not unit-norm)."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_image_tower):
-            features = self.backbone(views)
-        return self.image_projection(features)
+        return self.image_projection(self._features(views))
 
     def encode_text(self, batch: dict) -> Tensor:
         """The batch's captions (``"tokens"``, or ``"caption"`` tokenized here) -> ``(B, E)``."""
@@ -179,12 +197,26 @@ class CLIP(ContrastiveMethod):
     # ---- training ---------------------------------------------------------------------------
 
     def training_loss(self, batch: dict) -> Tensor:
-        images = self.encode_image(torch.cat(batch["views"]))  # (B, E) or (2B, E) with views
-        texts = self.encode_text(batch)
-        if len(batch["views"]) == 2:
+        b = len(batch["views"][0])
+        features = self._features(torch.cat(batch["views"]))  # (B, F) or (2B, F)
+        texts = self.encode_text(batch)  # (B, E)
+        if "view_caption" in batch and len(features) == 2 * b:  # views are pairs of their own
             view_batch = {"caption": batch["view_caption"], "tokens": batch.get("view_tokens")}
-            view_texts = self.encode_text(view_batch)
-            texts = torch.cat([texts, view_texts])  # (2B, E)
+            texts = torch.cat([texts, self.encode_text(view_batch)])  # (2B, E)
+        images = self.image_projection(features[: len(texts)])  # (B or 2B, E)
+        loss = self._image_text_loss(images, texts)
+        if self.ssl_weight > 0:
+            loss = loss + self.ssl_weight * self._image_loss(features, b)
+        return loss
+
+    def _image_loss(self, features: Tensor, b: int) -> Tensor:
+        """SLIP's image self-supervision: NT-Xent between the two views of each image."""
+        z = self.ssl_projector(features)  # (2B, D)
+        ids = self.global_ids(b).repeat(2)  # (2B,) image ids, shared by the two views
+        candidates, candidate_labels, positions = self.gather(z, ids)
+        return info_nce(z, candidates, ids, candidate_labels, self.ssl_temperature, positions)
+
+    def _image_text_loss(self, images: Tensor, texts: Tensor) -> Tensor:
         ids = torch.zeros(len(images), dtype=torch.long, device=self.device)  # unused labels
         all_texts, _, positions = self.gather(texts, ids)  # (M, E)
         scale = self.logit_scale()
@@ -192,7 +224,9 @@ class CLIP(ContrastiveMethod):
         if self.loss == "siglip":
             return siglip_loss(images, all_texts, positions, scale, self.logit_bias.float())
         all_images, _, _ = self.gather(images, ids)  # (M, E)
-        return clip_loss(images, texts, all_images, all_texts, positions, scale, self.tile_size)
+        big = self.tile_above is not None and len(all_images) > self.tile_above
+        block = self.tile_size if self.tiled or big else None
+        return clip_loss(images, texts, all_images, all_texts, positions, scale, block)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         with torch.no_grad():  # as CLIP does after each step: the parameter itself stays bounded
@@ -332,13 +366,13 @@ def crossmodal_report(
     """The image-text table: zero-shot accuracy per attribute, then retrieval, trained vs random."""
     lines = [
         "Zero-shot classification (top-1 from class prompts) and retrieval, test split",
-        f"{'metric':<22}{'chance':>8}{'random init':>13}{'trained':>9}{'gain':>8}",
+        f"{'metric':<22}{'chance':>8}{'random init':>13}{'trained':>10}{'gain':>10}",
     ]
 
     def row(name: str, key: str, chance: str) -> None:
         value, base = trained.get(key), random.get(key, float("nan"))
         if value is not None:
-            lines.append(f"{name:<22}{chance:>8}{base:>13.3f}{value:>9.3f}{value - base:>+8.3f}")
+            lines.append(f"{name:<22}{chance:>8}{base:>13.3f}{value:>10.3f}{value - base:>+10.3f}")
 
     for attr, n in classes.items():
         row(f"zero-shot {attr}", f"zero_shot/{attr}", f"{1 / n:.3f}")

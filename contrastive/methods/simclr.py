@@ -24,6 +24,9 @@ class SimCLR(ContrastiveMethod):
         tiled: compute the loss with :func:`info_nce_tiled`, in memory linear in the global
             batch instead of quadratic; same value and gradients, one extra matmul pass.
         tile_size: rows and columns per tile when ``tiled``.
+        tile_above: tile automatically when the gathered candidates are more than this (the
+            dense ``(N, M)`` logits and their gradient would take ~1 GB at 8192 x 8192);
+            ``None`` never does.
         **kwargs: :class:`ContrastiveMethod` arguments (backbone, augment, optimizer, ...).
     """
 
@@ -35,6 +38,7 @@ class SimCLR(ContrastiveMethod):
         projector_layers: int = 2,
         tiled: bool = False,
         tile_size: int = 1024,
+        tile_above: int | None = 8192,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -43,7 +47,7 @@ class SimCLR(ContrastiveMethod):
         if tile_size < 1:
             raise ValueError(f"tile_size must be >= 1, got {tile_size}")
         self.temperature = temperature
-        self.tiled, self.tile_size = tiled, tile_size
+        self.tiled, self.tile_size, self.tile_above = tiled, tile_size, tile_above
         self.projector = ProjectionHead(
             self.backbone.num_features, projector_hidden_dim, projector_dim, projector_layers
         )
@@ -62,6 +66,6 @@ class SimCLR(ContrastiveMethod):
         labels = labels.repeat(2)  # (2B,)
         candidates, candidate_labels, positions = self.gather(z, labels)  # (world * 2B, D)
         args = (z, candidates, labels, candidate_labels, self.temperature, positions)
-        if self.tiled:
+        if self.tiled or (self.tile_above is not None and len(candidates) > self.tile_above):
             return info_nce_tiled(*args, block_size=self.tile_size)
         return info_nce(*args)
