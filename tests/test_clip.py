@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch import Trainer
 
 from contrastive.datamodules import ShapesDataModule
+from contrastive.losses import clip_loss
 from contrastive.methods import CLIP
 from contrastive.text import OpenCLIPText, SentenceTransformerText
 
@@ -47,8 +48,14 @@ def _loss(model: CLIP, batch: dict) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"loss": "siglip"}, {"freeze_text_tower": True}, {"freeze_image_tower": True}],
-    ids=["clip", "siglip", "frozen text", "frozen image"],
+    [
+        {},
+        {"loss": "siglip"},
+        {"freeze_text_tower": True},
+        {"freeze_image_tower": True},
+        {"ssl_weight": 1.0},
+    ],
+    ids=["clip", "siglip", "frozen text", "frozen image", "slip"],
 )
 def test_gradients_reach_every_trainable_part_and_no_frozen_one(kwargs):
     model = _clip(**kwargs).train()
@@ -63,6 +70,24 @@ def test_gradients_reach_every_trainable_part_and_no_frozen_one(kwargs):
             assert param.grad is not None and param.grad.abs().sum() > 0, name
     for tower in frozen:  # no dropout, no BatchNorm statistics updates, whatever train() says
         assert not any(m.training for m in tower.modules())
+
+
+def test_views_become_pairs_of_their_own_and_slip_adds_an_image_loss():
+    batch = {**_batch(4), "view": _batch(4)["image"].flip(-1)}
+    batch["view_caption"] = [f"a mirrored shape {i}" for i in range(4)]
+    model = _clip().eval()
+    assert len(model.make_views(batch)) == 2  # the generator view, augmented
+    slip = _clip(ssl_weight=0.5).eval()
+    assert len(slip.make_views(_batch(4))) == 2  # no generator view: the image again
+    with_views = _loss(model, batch)
+    images = model.encode_image(torch.cat(model.make_views(batch)))  # 8 pairs
+    texts = model.encode_text({"caption": batch["caption"] + batch["view_caption"]})
+    want = clip_loss(images, texts, images, texts, torch.arange(8), model.logit_scale())
+    torch.testing.assert_close(with_views, want)
+    plain = _clip(ssl_weight=0.0).eval()
+    slip_loss, clip_only = _loss(slip, batch), _loss(plain, batch)
+    image_loss = slip._image_loss(slip.backbone(torch.cat(slip.make_views(batch))), 4)
+    torch.testing.assert_close(slip_loss, clip_only + 0.5 * image_loss)
 
 
 def test_the_logit_scale_starts_as_in_the_papers_and_is_clamped_at_100():
