@@ -182,8 +182,7 @@ def _create_open_clip(name: str, *, pretrained: bool | str, **kwargs) -> nn.Modu
     checkpoint path; ``True`` takes the model's first listed tag. ``kwargs`` go to
     ``open_clip.create_model`` (e.g. ``force_image_size=64``).
     """
-    import open_clip  # imported here: most runs never use it
-
+    open_clip = _open_clip()
     check_backbone_name(f"open_clip:{name}")
     if pretrained is True:
         tags = open_clip.list_pretrained_tags_by_model(name)
@@ -199,9 +198,18 @@ def _create_open_clip(name: str, *, pretrained: bool | str, **kwargs) -> nn.Modu
 
 
 def _open_clip_names(pattern: str) -> list[str]:
-    import open_clip
+    return fnmatch.filter(_open_clip().list_models(), pattern)
 
-    return fnmatch.filter(open_clip.list_models(), pattern)
+
+def _open_clip():
+    """open_clip, from the ``[text]`` extra; imported only for ``open_clip:`` names."""
+    try:
+        import open_clip
+    except ImportError:
+        raise UnknownBackboneError(
+            "open_clip: backbones need open_clip_torch: pip install 'contrastive[text]'"
+        ) from None
+    return open_clip
 
 
 _SOURCES: dict[str, _Source] = {

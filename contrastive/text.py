@@ -20,8 +20,6 @@ import importlib.util
 import os
 from typing import Any
 
-import open_clip
-from open_clip.model import CLIPTextCfg, _build_text_tower
 from torch import Tensor, nn
 
 from contrastive.backbones import UnknownBackboneError, fetching
@@ -90,6 +88,9 @@ class OpenCLIPText(TextTower):
         context_length: int | None = None,
     ) -> None:
         super().__init__()
+        import open_clip  # the [text] extra, imported only when a tower is built
+        from open_clip.model import CLIPTextCfg, _build_text_tower
+
         config = open_clip.get_model_config(model)
         if config is None:
             close = ", ".join(difflib.get_close_matches(model, open_clip.list_models())) or "none"
@@ -125,6 +126,9 @@ class OpenCLIPText(TextTower):
 
 def _pretrained_text_tower(model: str, pretrained: str, context_length: int | None) -> nn.Module:
     """The text half of a pretrained open_clip model, its image half dropped."""
+    import open_clip
+    from open_clip.model import CLIPTextCfg, _build_text_tower
+
     with fetching(f"open_clip '{model}' (pretrained='{pretrained}')"):
         full = open_clip.create_model(
             model, pretrained=pretrained, force_context_length=context_length
