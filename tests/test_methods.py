@@ -132,3 +132,11 @@ def test_a_checkpoint_restores_the_normalisation_its_encoder_expects(tmp_path):
     loaded = SimCLR.load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True).eval()
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     torch.testing.assert_close(loaded.embed(images), model.eval().embed(images))
+
+
+def test_a_batch_whose_samples_were_all_skipped_gives_a_zero_loss_on_every_parameter():
+    model = SimCLR(backbone_kwargs={"width": 4}, projector_hidden_dim=16)
+    loss = model.training_step({"skipped": []}, 0)  # what Collate gives when all are bad
+    loss.backward()  # DDP ranks reach the gradient sync as usual
+    assert loss.item() == 0.0
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())

@@ -163,9 +163,11 @@ class ContrastiveMethod(LightningModule):
 
     # ---- training ---------------------------------------------------------------------------
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
-        if "image" not in batch:  # every sample of the batch was skipped: no step
-            return None
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        if "image" not in batch:  # every sample of the batch was skipped
+            # A zero loss on every trainable parameter rather than None: under DDP the other
+            # ranks still reach backward's gradient sync with this one.
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         loss = self.training_loss(batch)
         # All ranks stop together: one rank raising alone would leave the others waiting.
         finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)))
