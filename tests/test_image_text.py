@@ -142,7 +142,7 @@ class _Keys(Callback):
         self.captions = []
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        self.captions += list(batch["caption"])
+        self.captions += list(batch.get("caption", []))  # {} when all were skipped
 
 
 @pytest.mark.parametrize("kind", ["table", "shards"])
