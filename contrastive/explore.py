@@ -178,16 +178,15 @@ class BackboneEmbedder(torch.nn.Module):
             or getattr(backbone, "pretrained_cfg", None)
             or {}
         )
+        from contrastive.augment import Augment
+
         mean = config.get("mean", (0.485, 0.456, 0.406))
-        std = config.get("std", (0.229, 0.224, 0.225))
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.augment = Augment(mean=mean, std=config.get("std", (0.229, 0.224, 0.225)))
         size = config.get("size", config.get("input_size", DEFAULT_IMAGE_SIZE))
         self.image_size = int(size[-1] if isinstance(size, (tuple, list)) else size)
 
     def embed(self, images: Tensor) -> Tensor:
-        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-        return self.backbone((x - self.mean) / self.std)
+        return self.backbone(self.augment.normalize(images))
 
 
 def load_compare_model(spec: str, pretrained: str | None, device: torch.device):

@@ -8,6 +8,7 @@ anchors among the gathered candidates. That makes every loss testable on one pro
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -186,6 +187,25 @@ def siglip_loss(
         signs = -torch.ones_like(logits)
         signs[torch.arange(len(a), device=a.device), positions] = 1.0  # (N, M) z_ij
         return -F.logsigmoid(signs * logits).sum() / len(a)
+
+
+class Tiling(NamedTuple):
+    """When to compute a loss tile by tile: always, or above a number of candidates.
+
+    Attributes:
+        always: tile whatever the size.
+        size: rows and columns per tile.
+        above: tile when there are more candidates than this; ``None``: only when ``always``.
+    """
+
+    always: bool = False
+    size: int = 1024
+    above: int | None = 8192
+
+    def block_size(self, candidates: int) -> int | None:
+        """The tile size for this many candidates, or ``None`` for the dense loss."""
+        big = self.above is not None and candidates > self.above
+        return self.size if self.always or big else None
 
 
 def info_nce_tiled(

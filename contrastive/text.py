@@ -136,10 +136,10 @@ def _pretrained_text_tower(model: str, pretrained: str, context_length: int | No
     if hasattr(full, "text"):  # CustomTextCLIP: the text tower is one module already
         return full.text
     # CLIP keeps its text modules at the top level, under the names TextTransformer uses.
-    text_cfg = CLIPTextCfg(**{**open_clip.get_model_config(model)["text_cfg"]})
+    config = open_clip.get_model_config(model)
+    text_cfg = CLIPTextCfg(**config["text_cfg"])
     if context_length is not None:
         text_cfg.context_length = context_length
-    config = open_clip.get_model_config(model)
     tower = _build_text_tower(
         config["embed_dim"], text_cfg, quick_gelu=config.get("quick_gelu", False)
     )

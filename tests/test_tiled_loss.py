@@ -175,7 +175,7 @@ def test_simclr_tiled_gives_the_same_loss_and_gradients():
     views = [torch.rand(6, 3, 32, 32, generator=g, dtype=torch.float64) for _ in range(2)]
     results = []
     for tiled in (False, True):
-        model.tiled = tiled
+        model.tiling = model.tiling._replace(always=tiled)
         model.zero_grad()
         loss = model.training_loss({"views": views})
         loss.backward()
@@ -188,7 +188,7 @@ def test_simclr_tiled_gives_the_same_loss_and_gradients():
 
 def test_methods_tile_automatically_above_a_global_batch(monkeypatch):
     from contrastive import losses
-    from contrastive.methods import simclr
+    from contrastive.methods import base, simclr
 
     calls = []
     tiled = losses.info_nce_tiled
@@ -197,14 +197,14 @@ def test_methods_tile_automatically_above_a_global_batch(monkeypatch):
         calls.append(len(args[1]))
         return tiled(*args, **kwargs)
 
-    monkeypatch.setattr(simclr, "info_nce_tiled", spy)
+    monkeypatch.setattr(base, "info_nce_tiled", spy)
     monkeypatch.setattr(losses, "info_nce_tiled", spy)  # clip_loss's
     torch.manual_seed(0)
     views = [torch.rand(6, 3, 32, 32) for _ in range(2)]
     model = simclr.SimCLR(backbone_kwargs={"width": 4}, projector_hidden_dim=16, tile_above=12)
     model.training_loss({"views": views})
     assert calls == []  # 12 candidates: not above
-    model.tile_above = 11
+    model.tiling = model.tiling._replace(above=11)
     model.training_loss({"views": views})
     assert calls == [12]
 

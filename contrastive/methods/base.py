@@ -23,6 +23,7 @@ from contrastive import distributed
 from contrastive.augment import Augment
 from contrastive.backbones import create_backbone
 from contrastive.datamodules.common import SkipReport, Tokenizer
+from contrastive.losses import Tiling, info_nce, info_nce_tiled
 from contrastive.metrics import Alignment, EffectiveRank, EmbeddingStd, KNNAccuracy, Uniformity
 
 
@@ -135,22 +136,48 @@ class ContrastiveMethod(LightningModule):
         """The representation of normalised float images: the backbone's features by default."""
         return self.backbone(views)
 
-    def gather(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def gather(
+        self, embeddings: Tensor, labels: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
         """Embeddings and labels from every rank, and where this rank's rows sit among them.
 
         Args:
             embeddings: ``(N, D)`` this rank's embeddings.
-            labels: ``(N,)`` their labels (image ids or classes).
+            labels: ``(N,)`` their labels (image ids or classes); ``None`` for none.
 
         Returns:
             ``(M, D)`` candidates with gradient (``M`` rows from all ranks), their ``(M,)``
-            labels, and the ``(N,)`` positions of the local rows among them. Without
-            ``gather_negatives`` or on one process: the inputs themselves and ``arange(N)``.
+            labels (``None`` without labels), and the ``(N,)`` positions of the local rows
+            among them. Without ``gather_negatives`` or on one process: the inputs themselves
+            and ``arange(N)``.
         """
         if not self.gather_negatives or not distributed.is_distributed():
             return embeddings, labels, torch.arange(len(embeddings), device=embeddings.device)
         gathered = distributed.gather_with_grad(embeddings)
-        return gathered, distributed.gather_no_grad(labels), self.global_ids(len(embeddings))
+        gathered_labels = None if labels is None else distributed.gather_no_grad(labels)
+        return gathered, gathered_labels, self.global_ids(len(embeddings))
+
+    def info_nce(
+        self,
+        z: Tensor,
+        labels: Tensor,
+        temperature: float | Tensor,
+        tiling: Tiling | None = None,
+    ) -> Tensor:
+        """InfoNCE of this rank's embeddings against the gathered batch; same label = positive.
+
+        Args:
+            z: ``(N, D)`` embeddings (e.g. both views of each image).
+            labels: ``(N,)`` labels (image ids repeated per view, or classes).
+            temperature: the softmax temperature.
+            tiling: when to use :func:`info_nce_tiled` instead of the dense loss.
+        """
+        candidates, candidate_labels, positions = self.gather(z, labels)
+        args = (z, candidates, labels, candidate_labels, temperature, positions)
+        block_size = None if tiling is None else tiling.block_size(len(candidates))
+        if block_size is not None:
+            return info_nce_tiled(*args, block_size=block_size)
+        return info_nce(*args)
 
     def global_ids(self, n: int) -> Tensor:
         """``(n,)`` ids of this rank's rows, unique across ranks (rank-major, as gathered)."""
@@ -243,26 +270,35 @@ class ContrastiveMethod(LightningModule):
         loaders = getattr(self.trainer, f"num_{stage}_batches", None) or [0]
         return dataloader_idx == 1 or len(loaders) == 1
 
-    def _eval_step(self, batch: dict, dataloader_idx: int, random_init: nn.Module | None) -> None:
+    def _eval_step(
+        self, batch: dict, dataloader_idx: int, random_init: nn.Module | None
+    ) -> dict[str, Tensor] | None:
+        """Update the metrics with one evaluation batch.
+
+        Returns:
+            For a query batch, its features: ``{"trained": (B, D)}``, plus ``"random"`` when a
+            random-init backbone is given, for subclasses' own metrics; ``None`` otherwise.
+        """
         if "image" not in batch:  # every sample of the batch was skipped
-            return
-        features = self.embed(batch["image"])  # (B, D)
-        encoders = [(self.knn, features)]
+            return None
+        normalized = self._memory_format(self.augment.normalize(batch["image"]))
+        features = {"trained": self.represent(normalized)}  # (B, D), as embed() gives
+        encoders = [(self.knn, features["trained"])]
         if random_init is not None:
-            normalized = self._memory_format(self.augment.normalize(batch["image"]))
-            encoders.append((self.knn_random, random_init(normalized)))
+            features["random"] = random_init(normalized)
+            encoders.append((self.knn_random, features["random"]))
         query = self.is_query_loader(dataloader_idx)
         if self.knn is not None and "labels" in batch:
             labels = self._labels(batch)
             for knn, feats in encoders:
                 (knn.update if query else knn.update_bank)(feats, labels)
         if not query:
-            return
-        self.uniformity.update(features)
-        self.effective_rank.update(features)
-        self.embedding_std.update(features)
+            return None
+        for metric in (self.uniformity, self.effective_rank, self.embedding_std):
+            metric.update(features["trained"])
         view1, view2 = (self._memory_format(self.augment(batch["image"])) for _ in range(2))
         self.alignment.update(self.represent(view1), self.represent(view2))
+        return features
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx, random_init=None)

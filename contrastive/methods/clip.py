@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from contrastive.crossmodal import CrossModalRetrieval, text_ids, zero_shot_logits
 from contrastive.crossmodal import zero_shot_weights as make_zero_shot_weights
 from contrastive.heads import ProjectionHead
-from contrastive.losses import clip_loss, info_nce, siglip_loss
+from contrastive.losses import Tiling, clip_loss, siglip_loss
 from contrastive.methods.base import ContrastiveMethod
 from contrastive.text import TextTower, freeze
 
@@ -21,10 +21,12 @@ DEFAULT_PROMPTS = ("a photo of a {}.",)
 
 
 class Towers(NamedTuple):
-    """The two encoders of an evaluation: uint8 images -> ``(B, E)``, a batch -> ``(B, E)``."""
+    """The two heads of an evaluation run: backbone features -> ``(B, E)``, a batch of
+    captions -> ``(B, E)``, and whose backbone features (``"trained"`` or ``"random"``)."""
 
     image: Any
     text: Any
+    features: str
 
 
 class CLIP(ContrastiveMethod):
@@ -128,7 +130,7 @@ class CLIP(ContrastiveMethod):
             self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
         self.loss, self.max_logit_scale = loss, max_logit_scale
         self.freeze_image_tower, self.freeze_text_tower = freeze_image_tower, freeze_text_tower
-        self.tiled, self.tile_size, self.tile_above = tiled, tile_size, tile_above
+        self.tiling = Tiling(tiled, tile_size, tile_above)
         self.prompts = prompts
         self.text_cache_size = text_cache_size if freeze_text_tower else 0
         self._text_cache: dict[str, Tensor] = {}
@@ -211,21 +213,17 @@ class CLIP(ContrastiveMethod):
 
     def _image_loss(self, features: Tensor, b: int) -> Tensor:
         """SLIP's image self-supervision: NT-Xent between the two views of each image."""
-        z = self.ssl_projector(features)  # (2B, D)
         ids = self.global_ids(b).repeat(2)  # (2B,) image ids, shared by the two views
-        candidates, candidate_labels, positions = self.gather(z, ids)
-        return info_nce(z, candidates, ids, candidate_labels, self.ssl_temperature, positions)
+        return self.info_nce(self.ssl_projector(features), ids, self.ssl_temperature)
 
     def _image_text_loss(self, images: Tensor, texts: Tensor) -> Tensor:
-        ids = torch.zeros(len(images), dtype=torch.long, device=self.device)  # unused labels
-        all_texts, _, positions = self.gather(texts, ids)  # (M, E)
+        all_texts, _, positions = self.gather(texts)  # (M, E)
         scale = self.logit_scale()
         self.log("train/logit_scale", scale, batch_size=len(images))
         if self.loss == "siglip":
             return siglip_loss(images, all_texts, positions, scale, self.logit_bias.float())
-        all_images, _, _ = self.gather(images, ids)  # (M, E)
-        big = self.tile_above is not None and len(all_images) > self.tile_above
-        block = self.tile_size if self.tiled or big else None
+        all_images, _, _ = self.gather(images)  # (M, E)
+        block = self.tiling.block_size(len(all_images))
         return clip_loss(images, texts, all_images, all_texts, positions, scale, block)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -259,13 +257,8 @@ class CLIP(ContrastiveMethod):
         )
 
     def _towers(self) -> dict[str, Towers]:
-        trained = Towers(
-            lambda images: self.encode_image(self._normalized(images)), self.encode_text
-        )
+        trained = Towers(self.image_projection, self.encode_text, "trained")
         return {"trained": trained, **getattr(self, "_random_towers", {})}
-
-    def _normalized(self, images: Tensor) -> Tensor:
-        return self._memory_format(self.augment.normalize(images))
 
     def _start_eval(self) -> None:
         self._zero_shot_weights = {
@@ -284,26 +277,25 @@ class CLIP(ContrastiveMethod):
     def on_test_epoch_start(self) -> None:
         self._start_eval()
 
-    def _crossmodal_step(self, batch: dict) -> None:
-        if "image" not in batch:
-            return
+    def _crossmodal_step(self, batch: dict, features: dict[str, Tensor]) -> None:
         groups = text_ids(batch["caption"]).to(self.device)
         for run, towers in self._towers().items():
-            images, texts = towers.image(batch["image"]), towers.text(batch)  # (B, E)
+            images = towers.image(features[towers.features])  # (B, E)
+            texts = towers.text(batch)  # (B, E)
             self.retrieval[run].update(images, texts, groups)
             for attr, weights in self._zero_shot_weights[run].items():
                 logits = zero_shot_logits(images, weights)  # (B, C)
                 self.zero_shot[run][attr].update(logits, batch["labels"][attr])
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        super().validation_step(batch, batch_idx, dataloader_idx)
-        if self.is_query_loader(dataloader_idx):
-            self._crossmodal_step(batch)
+        features = self._eval_step(batch, dataloader_idx, random_init=None)
+        if features is not None:  # a query batch: its backbone features, computed once
+            self._crossmodal_step(batch, features)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        super().test_step(batch, batch_idx, dataloader_idx)
-        if self.is_query_loader(dataloader_idx):
-            self._crossmodal_step(batch)
+        features = self._eval_step(batch, dataloader_idx, self._random_backbone[0])
+        if features is not None:
+            self._crossmodal_step(batch, features)
 
     def on_test_start(self) -> None:
         super().on_test_start()
@@ -311,7 +303,6 @@ class CLIP(ContrastiveMethod):
 
     def _random_init_towers(self) -> Towers:
         """The same architecture at a seeded random init; a frozen tower stays as it is."""
-        backbone = self.backbone if self.freeze_image_tower else self._random_backbone[0]
         parts = [self.image_projection, self.text_projection]
         if not self.freeze_text_tower:
             parts.append(self.text_tower)
@@ -319,9 +310,9 @@ class CLIP(ContrastiveMethod):
             torch.manual_seed(0)
             image_projection, text_projection, *text = [_reinitialized(p) for p in parts]
         text_tower = text[0] if text else self.text_tower
-        image = lambda images: image_projection(backbone(self._normalized(images)))  # noqa: E731
         text = lambda batch: text_projection(text_tower(batch_tokens(batch, self)))  # noqa: E731
-        return Towers(image, text)
+        # The base evaluation's random backbone, or the trained one when it is frozen.
+        return Towers(image_projection, text, "trained" if self.freeze_image_tower else "random")
 
     def _log_crossmodal(self, stage: str) -> dict[str, dict[str, float]]:
         results = {}

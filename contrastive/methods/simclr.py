@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from contrastive.heads import ProjectionHead
-from contrastive.losses import info_nce, info_nce_tiled
+from contrastive.losses import Tiling
 from contrastive.methods.base import ContrastiveMethod
 
 
@@ -47,7 +47,7 @@ class SimCLR(ContrastiveMethod):
         if tile_size < 1:
             raise ValueError(f"tile_size must be >= 1, got {tile_size}")
         self.temperature = temperature
-        self.tiled, self.tile_size, self.tile_above = tiled, tile_size, tile_above
+        self.tiling = Tiling(tiled, tile_size, tile_above)
         self.projector = ProjectionHead(
             self.backbone.num_features, projector_hidden_dim, projector_dim, projector_layers
         )
@@ -64,8 +64,4 @@ class SimCLR(ContrastiveMethod):
         """
         z = self.projector(self.backbone(torch.cat(batch["views"])))  # (2B, D)
         labels = labels.repeat(2)  # (2B,)
-        candidates, candidate_labels, positions = self.gather(z, labels)  # (world * 2B, D)
-        args = (z, candidates, labels, candidate_labels, self.temperature, positions)
-        if self.tiled or (self.tile_above is not None and len(candidates) > self.tile_above):
-            return info_nce_tiled(*args, block_size=self.tile_size)
-        return info_nce(*args)
+        return self.info_nce(z, labels, self.temperature, self.tiling)
