@@ -77,7 +77,8 @@ def test_views_become_pairs_of_their_own_and_slip_adds_an_image_loss():
     batch["view_caption"] = [f"a mirrored shape {i}" for i in range(4)]
     model = _clip().eval()
     assert len(model.make_views(batch)) == 2  # the generator view, augmented
-    slip = _clip(ssl_weight=0.5).eval()
+    slip = _clip(ssl_weight=0.5, ssl_projector_dim=24).eval()
+    assert slip.ssl_projector(torch.randn(2, slip.backbone.num_features)).shape == (2, 24)
     assert len(slip.make_views(_batch(4))) == 2  # no generator view: the image again
     with_views = _loss(model, batch)
     images = model.encode_image(torch.cat(model.make_views(batch)))  # 8 pairs
@@ -173,12 +174,13 @@ def test_lit_trains_an_image_tower_into_a_frozen_pretrained_text_space():
 
 def test_fit_and_test_report_zero_shot_and_retrieval_against_random_init(capsys):
     prompts = {"shape": ["a {}"], "color": ["a {} shape", "something {}"]}
-    model, data = _clip(prompts=prompts), _data(caption_dropout=0.3)
+    model, data = _clip(prompts=prompts, retrieval_chunk_size=5), _data(caption_dropout=0.3)
     trainer = _trainer(max_steps=4, limit_val_batches=2)
     trainer.fit(model, data)
     val = trainer.callback_metrics
     assert {"val/zero_shot/shape", "val/zero_shot/color", "val/retrieval/i2t/R@5"} <= set(val)
     assert "val/zero_shot/size" not in val  # only the prompted attributes
+    assert model.retrieval["trained"].chunk_size == 5
     results = trainer.test(model, data)[0]
     assert 0 <= results["test/zero_shot/shape"] <= 1
     assert results["test/retrieval/t2i/median_rank"] >= 1
