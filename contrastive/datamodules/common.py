@@ -43,6 +43,9 @@ class Skipped(NamedTuple):
 
 Tokenizer = Callable[[list[str]], Any]  # captions -> token ids (a tensor or a dict of tensors)
 
+# The batch's string fields that Collate tokenizes, and where the tokens go.
+TOKENIZED = {"caption": "tokens", "view_caption": "view_tokens", "text": "text_tokens"}
+
 
 class Collate:
     """``collate_fn`` of the project's loaders: drops :class:`Skipped` samples, tokenizes captions.
@@ -50,8 +53,9 @@ class Collate:
     Picklable (a plain object holding the tokenizer), so it also works with spawned workers.
 
     Args:
-        tokenizer: ``list[str] -> tokens``; when set, a batch's ``"caption"`` (and a
-            generator view's ``"view_caption"``) get their ``"tokens"`` (``"view_tokens"``).
+        tokenizer: ``list[str] -> tokens``; when set, a batch's ``"caption"`` (a generator
+            view's ``"view_caption"``, a triplet's condition ``"text"``) gets its ``"tokens"``
+            (``"view_tokens"``, ``"text_tokens"``).
     """
 
     def __init__(self, tokenizer: Tokenizer | None = None) -> None:
@@ -64,9 +68,9 @@ class Collate:
         if skipped:
             batch["skipped"] = skipped
         if self.tokenizer is not None:
-            for key in ("caption", "view_caption"):  # -> "tokens", "view_tokens"
+            for key, out in TOKENIZED.items():
                 if key in batch:
-                    batch[key.replace("caption", "tokens")] = self.tokenizer(list(batch[key]))
+                    batch[out] = self.tokenizer(list(batch[key]))
         return batch
 
 
