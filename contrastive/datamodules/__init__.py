@@ -4,6 +4,7 @@ from contrastive.datamodules.image_text import ImageTextDataModule
 from contrastive.datamodules.imagefolder import ImageFolderDataModule, ImageFolderDataset
 from contrastive.datamodules.nga import NGADataModule, NGADataset
 from contrastive.datamodules.shapes import ShapesDataModule, ShapesDataset
+from contrastive.datamodules.triplets import TripletManifestDataModule
 from contrastive.datamodules.vision_sets import VisionSetDataModule
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "NGADataset",
     "ShapesDataModule",
     "ShapesDataset",
+    "TripletManifestDataModule",
     "VisionSetDataModule",
 ]
