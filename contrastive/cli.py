@@ -133,7 +133,7 @@ def main(args: ArgsType = None) -> None:
         # Data tools: `contrastive data <tool> ...`, each a module with main(argv) -> int.
         import importlib
 
-        data_tools = {"nga": "contrastive.tools.nga"}
+        data_tools = {"nga": "contrastive.tools.nga", "triplets": "contrastive.tools.triplets"}
         tool = argv[1] if len(argv) > 1 else None
         if tool not in data_tools:
             usage = f"usage: contrastive data {{{','.join(data_tools)}}} [-h] ..."
