@@ -254,3 +254,18 @@ def test_val_and_test_manifests_and_no_validation(tmp_path):
 def test_argument_ranges_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TripletManifestDataModule("m.jsonl", **kwargs)
+
+
+def test_the_data_module_trains_through_the_real_cli(tmp_path, monkeypatch):
+    """``--data TripletManifestDataModule``: configured by LightningCLI, one validation loader."""
+    from contrastive.cli import main
+
+    manifest = _rows(tmp_path, 24)
+    monkeypatch.chdir(tmp_path)
+    data = [f"--data.manifest={manifest}", "--data.val_fraction=0.25", "--data.image_size=16"]
+    data += ["--data.batch_size=8", "--data.eval_batch_size=8"]
+    trainer = ["--trainer.max_steps=2", "--trainer.logger.init_args.save_dir=runs"]
+    trainer += ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    model = ["--model=SimCLR", "--model.backbone_kwargs={width: 4}"]
+    main(["fit", *model, "--data=TripletManifestDataModule", *data, *trainer])
+    assert list((tmp_path / "runs").rglob("last.ckpt"))
