@@ -22,6 +22,7 @@ def info_nce(
     candidate_labels: Tensor,
     temperature: float | Tensor = 0.1,
     anchor_positions: Tensor | None = None,
+    negatives: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE with any number of positives per anchor (NT-Xent, SupCon "out" form).
 
@@ -44,19 +45,24 @@ def info_nce(
         anchor_positions: ``(N,)`` index of each anchor among the candidates, so that an anchor is
             neither its own positive nor its own negative. ``None`` when anchors are not among
             the candidates.
+        negatives: ``(K, D)`` extra candidates that are never positives (a queue of past
+            embeddings); they join every anchor's ``A(i)``. ``None`` for none.
 
     Returns:
         The mean loss over anchors that have at least one positive: a scalar tensor, float32
         (float64 for float64 inputs).
     """
-    _check_info_nce_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature)
+    _check_info_nce_inputs(
+        anchors, candidates, anchor_labels, candidate_labels, temperature, negatives
+    )
     # float32 whatever the autocast dtype: exp(s / T) with T ~ 0.1 loses too much in bf16.
     with torch.autocast(anchors.device.type, enabled=False):
         dtype = torch.promote_types(anchors.dtype, torch.float32)  # float64 stays float64
         a = F.normalize(anchors.to(dtype), dim=1)
         c = F.normalize(candidates.to(dtype), dim=1)
-        logits = a @ c.T / temperature  # (N, M)
-        positive = anchor_labels[:, None] == candidate_labels[None, :]  # (N, M)
+        c, candidate_labels = _append_negatives(c, candidate_labels, anchor_labels, negatives)
+        logits = a @ c.T / temperature  # (N, M + K)
+        positive = anchor_labels[:, None] == candidate_labels[None, :]  # (N, M + K)
         if anchor_positions is not None:
             is_self = torch.zeros_like(positive)
             is_self[torch.arange(len(a), device=a.device), anchor_positions] = True
@@ -104,6 +110,8 @@ def clip_loss(
     positions: Tensor,
     logit_scale: float | Tensor,
     block_size: int | None = None,
+    image_negatives: Tensor | None = None,
+    text_negatives: Tensor | None = None,
 ) -> Tensor:
     """CLIP's symmetric cross-entropy (Radford et al. 2021, arXiv:2103.00020, Figure 3).
 
@@ -125,6 +133,10 @@ def clip_loss(
         logit_scale: ``t > 0``, the multiplier of the cosine (``exp`` of the learnt parameter).
         block_size: compute each direction with :func:`info_nce_tiled` in tiles of this size
             (memory linear in ``N + M``); ``None`` for the dense form.
+        image_negatives: ``(K, D)`` extra images that are never a text's match (a queue); texts
+            are classified among ``candidate_images`` and these.
+        text_negatives: ``(K', D)`` extra texts, never an image's match; images are classified
+            among ``candidate_texts`` and these.
 
     Returns:
         A scalar tensor, float32 (float64 for float64 inputs).
@@ -141,8 +153,13 @@ def clip_loss(
         one_way = info_nce
     else:
         one_way = functools.partial(info_nce_tiled, block_size=block_size)
-    image_to_text = one_way(images, candidate_texts, positions, ids, temperature)
-    text_to_image = one_way(texts, candidate_images, positions, ids, temperature)
+    # Labels: local pair i is global pair positions[i]; a queue's rows match no pair.
+    image_to_text = one_way(
+        images, candidate_texts, positions, ids, temperature, None, negatives=text_negatives
+    )
+    text_to_image = one_way(
+        texts, candidate_images, positions, ids, temperature, None, negatives=image_negatives
+    )
     return (image_to_text + text_to_image) / 2
 
 
@@ -216,6 +233,7 @@ def info_nce_tiled(
     temperature: float | Tensor = 0.1,
     anchor_positions: Tensor | None = None,
     block_size: int = 1024,
+    negatives: Tensor | None = None,
 ) -> Tensor:
     """:func:`info_nce` in memory linear in ``N + M``: the ``(N, M)`` logits are never stored.
 
@@ -233,12 +251,15 @@ def info_nce_tiled(
         temperature: ``T > 0``, a float or a scalar tensor (learnable temperatures work).
         anchor_positions: ``(N,)`` index of each anchor among the candidates, or ``None``.
         block_size: rows and columns per tile; any size >= 1, it need not divide N or M.
+        negatives: ``(K, D)`` extra candidates that are never positives, or ``None``.
 
     Returns:
         The mean loss over anchors that have at least one positive: a scalar tensor, float32
         (float64 for float64 inputs); 0 with a gradient path if no anchor has a positive.
     """
-    _check_info_nce_inputs(anchors, candidates, anchor_labels, candidate_labels, temperature)
+    _check_info_nce_inputs(
+        anchors, candidates, anchor_labels, candidate_labels, temperature, negatives
+    )
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     # float32 whatever the autocast dtype: exp(s / T) with T ~ 0.1 loses too much in bf16.
@@ -246,6 +267,7 @@ def info_nce_tiled(
         dtype = torch.promote_types(anchors.dtype, torch.float32)  # float64 stays float64
         a = F.normalize(anchors.to(dtype), dim=1)  # (N, D), ordinary autograd
         c = F.normalize(candidates.to(dtype), dim=1)  # (M, D)
+        c, candidate_labels = _append_negatives(c, candidate_labels, anchor_labels, negatives)
         num_positives = _count_positives(
             anchor_labels, candidate_labels, anchor_positions, block_size
         )  # (N,)
@@ -265,8 +287,13 @@ def _check_info_nce_inputs(
     anchor_labels: Tensor,
     candidate_labels: Tensor,
     temperature: float | Tensor,
+    negatives: Tensor | None = None,
 ) -> None:
     """The shape and temperature checks shared by :func:`info_nce` and :func:`info_nce_tiled`."""
+    if negatives is not None and (negatives.ndim != 2 or negatives.shape[1] != anchors.shape[-1]):
+        raise ValueError(
+            f"expected negatives (K, {anchors.shape[-1]}), got {tuple(negatives.shape)}"
+        )
     if anchors.ndim != 2 or candidates.ndim != 2 or anchors.shape[1] != candidates.shape[1]:
         raise ValueError(
             f"expected anchors (N, D) and candidates (M, D), got {tuple(anchors.shape)} "
@@ -279,6 +306,19 @@ def _check_info_nce_inputs(
         )
     if not torch.is_tensor(temperature) and temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def _append_negatives(
+    c: Tensor, candidate_labels: Tensor, anchor_labels: Tensor, negatives: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Normalised candidates ``(M, D)`` with the negatives appended, normalised: ``(M + K, D)``,
+    and ``(M + K,)`` labels where the negatives carry a label that no anchor has."""
+    if negatives is None:
+        return c, candidate_labels
+    never = anchor_labels.min() - 1 if len(anchor_labels) else candidate_labels.new_zeros(())
+    labels = never.to(candidate_labels.dtype).expand(len(negatives))  # (K,) never positive
+    n = F.normalize(negatives.to(c.dtype), dim=1)  # (K, D)
+    return torch.cat([c, n]), torch.cat([candidate_labels, labels])
 
 
 def _tile_masks(
