@@ -4,7 +4,10 @@ It owns what methods share: the backbone from the registry, the view augmentatio
 device, the optimizer and its warmup-then-cosine schedule, ``embed()``, gathering across ranks,
 the non-finite loss guard, and the evaluation hooks (kNN per attribute, alignment, uniformity,
 effective rank during validation; trained against random init in ``test``). A subclass builds
-its heads in ``__init__`` and implements :meth:`ContrastiveMethod.training_loss`.
+its heads in ``__init__`` and implements :meth:`ContrastiveMethod.training_loss`, or the two
+halves it is made of: :meth:`~ContrastiveMethod.training_embeddings` and
+:meth:`~ContrastiveMethod.loss_from_embeddings` (which gives it gradient caching, see
+``gradcache.py``).
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from contrastive import distributed
 from contrastive.augment import Augment
 from contrastive.backbones import create_backbone
 from contrastive.datamodules.common import SkipReport, Tokenizer
+from contrastive.gradcache import Embeddings, embed_in_chunks
 from contrastive.losses import Tiling, info_nce, info_nce_tiled
 from contrastive.metrics import Alignment, EffectiveRank, EmbeddingStd, KNNAccuracy, Uniformity
+from contrastive.queue import EmbeddingQueue
 
 
 class NonFiniteLossError(RuntimeError):
@@ -82,11 +87,36 @@ class ContrastiveMethod(LightningModule):
         self.channels_last = channels_last
         self._skipped = SkipReport()
 
+    #: Samples per gradient-cache chunk (``gradcache.py``); ``None`` embeds the batch at once.
+    #: Set by the methods that take it as an argument.
+    chunk_size: int | None = None
+
     # ---- what a subclass implements ---------------------------------------------------------
 
     def training_loss(self, batch: dict) -> Tensor:
-        """The loss of one training batch; ``batch["views"]`` holds the augmented views."""
-        raise NotImplementedError(f"{type(self).__name__} must implement training_loss(batch)")
+        """The loss of one training batch; ``batch["views"]`` holds the augmented views.
+
+        By default :meth:`loss_from_embeddings` of :meth:`training_embeddings`, the batch
+        embedded in chunks of ``chunk_size`` samples with gradient caching when it is set.
+        """
+        embeddings = embed_in_chunks(self.training_embeddings, batch, self.chunk_size, self)
+        return self.loss_from_embeddings(embeddings, batch)
+
+    def training_embeddings(self, batch: dict) -> Embeddings:
+        """The embeddings the loss needs, each ``(B, ...)`` with one row per sample.
+
+        Computed for a chunk of the batch at a time under gradient caching: it must not mix
+        samples other than through normalisation layers, and must have no side effect but
+        BatchNorm's (it runs twice per chunk).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement training_loss(batch), or "
+            "training_embeddings(batch) and loss_from_embeddings(embeddings, batch)"
+        )
+
+    def loss_from_embeddings(self, embeddings: Embeddings, batch: dict) -> Tensor:
+        """The loss of the whole batch from :meth:`training_embeddings`' output (all chunks')."""
+        raise NotImplementedError(f"{type(self).__name__} must implement loss_from_embeddings")
 
     # ---- views, embeddings, gathering -------------------------------------------------------
 
@@ -163,6 +193,7 @@ class ContrastiveMethod(LightningModule):
         labels: Tensor,
         temperature: float | Tensor,
         tiling: Tiling | None = None,
+        queue: EmbeddingQueue | None = None,
     ) -> Tensor:
         """InfoNCE of this rank's embeddings against the gathered batch; same label = positive.
 
@@ -171,13 +202,22 @@ class ContrastiveMethod(LightningModule):
             labels: ``(N,)`` labels (image ids repeated per view, or classes).
             temperature: the softmax temperature.
             tiling: when to use :func:`info_nce_tiled` instead of the dense loss.
+            queue: past embeddings as extra negatives (never positives). The candidates are
+                pushed after the loss (detached): the global batch with ``gather_negatives``,
+                so that every rank holds the same queue.
         """
         candidates, candidate_labels, positions = self.gather(z, labels)
+        negatives = None if queue is None else queue.negatives()  # (K, D)
         args = (z, candidates, labels, candidate_labels, temperature, positions)
-        block_size = None if tiling is None else tiling.block_size(len(candidates))
+        columns = len(candidates) + (0 if negatives is None else len(negatives))
+        block_size = None if tiling is None else tiling.block_size(columns)
         if block_size is not None:
-            return info_nce_tiled(*args, block_size=block_size)
-        return info_nce(*args)
+            loss = info_nce_tiled(*args, block_size=block_size, negatives=negatives)
+        else:
+            loss = info_nce(*args, negatives=negatives)
+        if queue is not None:
+            queue.push(candidates)
+        return loss
 
     def global_ids(self, n: int) -> Tensor:
         """``(n,)`` ids of this rank's rows, unique across ranks (rank-major, as gathered)."""

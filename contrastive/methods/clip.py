@@ -12,9 +12,11 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from contrastive.crossmodal import CrossModalRetrieval, text_ids, zero_shot_logits
 from contrastive.crossmodal import zero_shot_weights as make_zero_shot_weights
+from contrastive.gradcache import Embeddings, by_sample, by_view, check_chunk_size
 from contrastive.heads import ProjectionHead
 from contrastive.losses import Tiling, clip_loss, siglip_loss
 from contrastive.methods.base import ContrastiveMethod
+from contrastive.queue import EmbeddingQueue
 from contrastive.text import TextTower, freeze
 
 DEFAULT_PROMPTS = ("a photo of a {}.",)
@@ -71,6 +73,14 @@ class CLIP(ContrastiveMethod):
             tower features the captions alone are slow to teach (shape, on the shapes data).
         ssl_temperature: its NT-Xent temperature.
         ssl_projector_dim: its projection head's output width (hidden: 512).
+        chunk_size: embed the batch (images and captions) in chunks of this many pairs with
+            gradient caching (``gradcache.py``): the same loss and gradients in one chunk's
+            activation memory, for one extra forward pass of both towers; exact without
+            BatchNorm in the image tower. ``None``: the whole batch at once.
+        queue_size: keep the last this many image and text embeddings (from every rank) as
+            extra negatives, MoCo-style (``queue.py``): images are also classified against the
+            queued texts and texts against the queued images; queued rows never match. The
+            SLIP image loss gets no queue. Needs ``loss="clip"``. 0: no queue.
         **kwargs: :class:`ContrastiveMethod` arguments (backbone, augment, optimizer, ...).
     """
 
@@ -95,11 +105,17 @@ class CLIP(ContrastiveMethod):
         ssl_weight: float = 0.0,
         ssl_temperature: float = 0.1,
         ssl_projector_dim: int = 128,
+        chunk_size: int | None = None,
+        queue_size: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if loss not in ("clip", "siglip"):
             raise ValueError(f"loss must be 'clip' or 'siglip', got '{loss}'")
+        if queue_size < 0:
+            raise ValueError(f"queue_size must be >= 0 (0: no queue), got {queue_size}")
+        if queue_size and loss != "clip":
+            raise ValueError(f"queue_size needs loss='clip' (SigLIP takes no queue), got '{loss}'")
         init_temperature = init_temperature or {"clip": 0.07, "siglip": 0.1}[loss]
         if not 0 < 1 / init_temperature <= max_logit_scale:
             raise ValueError(
@@ -138,6 +154,9 @@ class CLIP(ContrastiveMethod):
         self.ssl_weight, self.ssl_temperature = ssl_weight, ssl_temperature
         if ssl_weight > 0:
             self.ssl_projector = ProjectionHead(self.backbone.num_features, 512, ssl_projector_dim)
+        self.chunk_size = check_chunk_size(chunk_size)
+        self.image_queue = EmbeddingQueue(queue_size, embed_dim) if queue_size else None
+        self.text_queue = EmbeddingQueue(queue_size, embed_dim) if queue_size else None
 
     @property
     def tokenizer(self):
@@ -198,7 +217,11 @@ class CLIP(ContrastiveMethod):
 
     # ---- training ---------------------------------------------------------------------------
 
-    def training_loss(self, batch: dict) -> Tensor:
+    def training_embeddings(self, batch: dict) -> Embeddings:
+        """``{"image": (B, V, E), "text": (B, V, E)}`` for the V = 1 or 2 pairs of each sample
+        (a generator view with its own caption is a second pair), and ``"features": (B, 2, F)``,
+        both views' backbone features, for SLIP's image loss when ``ssl_weight > 0`` (its
+        projector runs in the loss, on the whole batch: its BatchNorm sees every image)."""
         b = len(batch["views"][0])
         features = self._features(torch.cat(batch["views"]))  # (B, F) or (2B, F)
         texts = self.encode_text(batch)  # (B, E)
@@ -206,9 +229,18 @@ class CLIP(ContrastiveMethod):
             view_batch = {"caption": batch["view_caption"], "tokens": batch.get("view_tokens")}
             texts = torch.cat([texts, self.encode_text(view_batch)])  # (2B, E)
         images = self.image_projection(features[: len(texts)])  # (B or 2B, E)
+        embeddings = {"image": by_sample(images, b), "text": by_sample(texts, b)}
+        if self.ssl_weight > 0:
+            embeddings["features"] = by_sample(features, b)  # (B, 2, F)
+        return embeddings
+
+    def loss_from_embeddings(self, embeddings: Embeddings, batch: dict) -> Tensor:
+        """The image-text loss over the global batch, plus SLIP's image loss when weighted."""
+        images, texts = by_view(embeddings["image"]), by_view(embeddings["text"])  # (VB, E)
         loss = self._image_text_loss(images, texts)
         if self.ssl_weight > 0:
-            loss = loss + self.ssl_weight * self._image_loss(features, b)
+            features = embeddings["features"]  # (B, 2, F)
+            loss = loss + self.ssl_weight * self._image_loss(by_view(features), len(features))
         return loss
 
     def _image_loss(self, features: Tensor, b: int) -> Tensor:
@@ -223,8 +255,15 @@ class CLIP(ContrastiveMethod):
         if self.loss == "siglip":
             return siglip_loss(images, all_texts, positions, scale, self.logit_bias.float())
         all_images, _, _ = self.gather(images)  # (M, E)
-        block = self.tiling.block_size(len(all_images))
-        return clip_loss(images, texts, all_images, all_texts, positions, scale, block)
+        queued = []  # the image queue's and the text queue's (K, E) rows
+        if self.image_queue is not None:
+            queued = [self.image_queue.negatives(), self.text_queue.negatives()]
+        block = self.tiling.block_size(len(all_images) + sum(len(q) for q in queued[:1]))
+        loss = clip_loss(images, texts, all_images, all_texts, positions, scale, block, *queued)
+        if self.image_queue is not None:  # after the loss: this batch is no negative of itself
+            self.image_queue.push(all_images)
+            self.text_queue.push(all_texts)
+        return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         with torch.no_grad():  # as CLIP does after each step: the parameter itself stays bounded

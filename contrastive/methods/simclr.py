@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from contrastive.gradcache import Embeddings, by_sample, by_view, check_chunk_size
 from contrastive.heads import ProjectionHead
 from contrastive.losses import Tiling
 from contrastive.methods.base import ContrastiveMethod
+from contrastive.queue import EmbeddingQueue
 
 
 class SimCLR(ContrastiveMethod):
@@ -27,6 +29,14 @@ class SimCLR(ContrastiveMethod):
         tile_above: tile automatically when the gathered candidates are more than this (the
             dense ``(N, M)`` logits and their gradient would take ~1 GB at 8192 x 8192);
             ``None`` never does.
+        chunk_size: embed the batch in chunks of this many images with gradient caching
+            (``gradcache.py``): the same loss and gradients in one chunk's activation memory,
+            for one extra forward pass. Exact without BatchNorm; with it, each chunk is
+            normalised on its own (the projector's hidden BatchNorm too: ``projector_layers=1``
+            has none). ``None``: the whole batch at once.
+        queue_size: keep the last this many projections (2 per image, from every rank) as
+            extra negatives, MoCo-style (``queue.py``; no momentum encoder, so they are slightly
+            stale); 0: no queue.
         **kwargs: :class:`ContrastiveMethod` arguments (backbone, augment, optimizer, ...).
     """
 
@@ -39,6 +49,8 @@ class SimCLR(ContrastiveMethod):
         tiled: bool = False,
         tile_size: int = 1024,
         tile_above: int | None = 8192,
+        chunk_size: int | None = None,
+        queue_size: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -46,22 +58,28 @@ class SimCLR(ContrastiveMethod):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if tile_size < 1:
             raise ValueError(f"tile_size must be >= 1, got {tile_size}")
+        if queue_size < 0:
+            raise ValueError(f"queue_size must be >= 0 (0: no queue), got {queue_size}")
         self.temperature = temperature
         self.tiling = Tiling(tiled, tile_size, tile_above)
+        self.chunk_size = check_chunk_size(chunk_size)
         self.projector = ProjectionHead(
             self.backbone.num_features, projector_hidden_dim, projector_dim, projector_layers
         )
+        self.queue = EmbeddingQueue(queue_size, projector_dim) if queue_size else None
 
-    def training_loss(self, batch: dict) -> Tensor:
-        return self.contrast(batch, self.global_ids(len(batch["views"][0])))  # (B,) image ids
-
-    def contrast(self, batch: dict, labels: Tensor) -> Tensor:
-        """InfoNCE over both views of the global batch; same label = positive pair.
-
-        Args:
-            batch: the training batch, with its two ``"views"``.
-            labels: ``(B,)`` one label per image, shared by its two views.
-        """
+    def training_embeddings(self, batch: dict) -> Embeddings:
+        """``{"z": (B, 2, D)}``: the projections of both views of each image."""
         z = self.projector(self.backbone(torch.cat(batch["views"])))  # (2B, D)
-        labels = labels.repeat(2)  # (2B,)
-        return self.info_nce(z, labels, self.temperature, self.tiling)
+        return {"z": by_sample(z, len(batch["views"][0]))}  # (B, 2, D)
+
+    def loss_from_embeddings(self, embeddings: Embeddings, batch: dict) -> Tensor:
+        """InfoNCE over both views of the global batch; same label = positive pair."""
+        z = by_view(embeddings["z"])  # (2B, D): first views, then second views
+        labels = self.positive_labels(batch).repeat(2)  # (2B,)
+        return self.info_nce(z, labels, self.temperature, self.tiling, self.queue)
+
+    def positive_labels(self, batch: dict) -> Tensor:
+        """``(B,)`` one label per image, shared by its two views: image ids, unique across
+        ranks (each image's only positive is its other view)."""
+        return self.global_ids(len(batch["views"][0]))

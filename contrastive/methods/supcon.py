@@ -17,19 +17,25 @@ class SupCon(SimCLR):
 
     Args:
         label: the label field of the batch (``batch["labels"][label]``), e.g. ``shape``.
-        **kwargs: :class:`SimCLR` arguments (temperature, projector sizes) and
-            :class:`ContrastiveMethod` arguments.
+        **kwargs: :class:`SimCLR` arguments (temperature, projector sizes, ``chunk_size``) and
+            :class:`ContrastiveMethod` arguments. Not ``queue_size``: queued rows are never
+            positives, so a queue would push every image away from its own class.
     """
 
     def __init__(self, label: str = "shape", **kwargs) -> None:
+        if kwargs.get("queue_size", 0):
+            raise ValueError(
+                "SupCon takes no queue_size: queued rows are negatives, even of their own class"
+            )
         super().__init__(**kwargs)
         self.label = label
 
-    def training_loss(self, batch: dict) -> Tensor:
+    def positive_labels(self, batch: dict) -> Tensor:
+        """``(B,)`` the batch's ``label`` field: views of one class are positives."""
         labels = batch.get("labels", {})
         if self.label not in labels:
             raise KeyError(
                 f"SupCon label '{self.label}' is not in the batch; the data gives: "
                 f"{', '.join(labels) or 'no labels'}"
             )
-        return self.contrast(batch, labels[self.label])
+        return labels[self.label]
