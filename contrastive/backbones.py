@@ -111,21 +111,37 @@ def _few(keys: list[str], n: int = 5) -> str:  # "a, b, c, d, e (+3 more)"
 
 
 def _load_checkpoint(model: nn.Module, path: str, name: str) -> None:
+    load_weights(model, path, prefix="backbone.", what=f"backbone '{name}'")
+
+
+def load_weights(module: nn.Module, path: str | os.PathLike, prefix: str, what: str) -> None:
+    """Load ``module``'s weights from a state_dict file or from the ``prefix`` keys of a
+    Lightning checkpoint, requiring an exact fit.
+
+    Args:
+        module: what to load into.
+        path: a ``torch.save``'d state_dict, or a Lightning checkpoint.
+        prefix: the module's key prefix in a Lightning checkpoint's ``state_dict``
+            (``"backbone."``, ``"text_tower."``).
+        what: the module's name in error messages.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        RuntimeError: one line naming missing and unexpected keys and wrong shapes.
+    """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"backbone checkpoint for '{name}' not found: '{path}'")
+        raise FileNotFoundError(f"checkpoint for {what} not found: '{path}'")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # Lightning
         full = state["state_dict"]
-        state = {
-            k.removeprefix("backbone."): v for k, v in full.items() if k.startswith("backbone.")
-        }
-        if not state:
-            raise RuntimeError(f"no 'backbone.*' keys in '{path}', got {_few(sorted(full))}")
+        state = {k.removeprefix(prefix): v for k, v in full.items() if k.startswith(prefix)}
+        if not state and module.state_dict():
+            raise RuntimeError(f"no '{prefix}*' keys in '{path}', got {_few(sorted(full))}")
     if not isinstance(state, dict):
         raise RuntimeError(
             f"expected a state_dict or Lightning checkpoint in '{path}', got {type(state)}"
         )
-    expected = model.state_dict()
+    expected = module.state_dict()
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
     shapes = [
@@ -134,12 +150,10 @@ def _load_checkpoint(model: nn.Module, path: str, name: str) -> None:
         if k in state and state[k].shape != v.shape
     ]
     named = [("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes)]
-    problems = [f"{what}: {_few(keys)}" for what, keys in named if keys]
+    problems = [f"{kind}: {_few(keys)}" for kind, keys in named if keys]
     if problems:
-        raise RuntimeError(
-            f"checkpoint '{path}' does not fit backbone '{name}': {'; '.join(problems)}"
-        )
-    model.load_state_dict(state)
+        raise RuntimeError(f"checkpoint '{path}' does not fit {what}: {'; '.join(problems)}")
+    module.load_state_dict(state)
 
 
 class _Source(NamedTuple):

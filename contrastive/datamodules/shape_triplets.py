@@ -1,0 +1,207 @@
+"""Built-in (image, image, condition) triplets from the shapes data, for the text-conditioned
+method.
+
+Each training item is an anchor image, a positive that shares the attribute the condition
+names and differs in every other attribute, a hard negative that shares every other attribute
+and differs in the named one, and the condition in words. The condition is phrased several
+ways per attribute ("same color", "they share a color", "both are red"); some phrasings are
+held out of training and used only by the benchmark, to measure generalisation to wording
+the model never saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from contrastive.datamodules.shapes import (
+    ATTRIBUTES,
+    CLASS_NAMES,
+    Factor,
+    ShapesDataModule,
+    ShapesDataset,
+    _fine_values,
+    render,
+)
+
+# Per attribute: phrasings used in training ("seen") and kept for the benchmark ("held-out").
+# ``{value}`` stands for the anchor's class name ("red", "star", "top left").
+PHRASINGS: dict[str, dict[str, list[str]]] = {
+    "shape": {
+        "seen": ["same shape", "they share a shape", "the objects have the same form",
+                 "each one is a {value}"],
+        "held-out": ["matching shape", "both show a {value}"],
+    },
+    "color": {
+        "seen": ["same color", "they share a color", "the objects have the same colour",
+                 "both are {value}"],
+        "held-out": ["matching color", "both objects are {value}"],
+    },
+    "size": {
+        "seen": ["same size", "they are equally large", "the objects have the same size",
+                 "both are {value}"],
+        "held-out": ["matching size", "both shapes are {value}"],
+    },
+    "position": {
+        "seen": ["same position", "they are in the same place", "the objects sit in the same spot",
+                 "both at the {value}"],
+        "held-out": ["matching position", "both in the {value} corner"],
+    },
+    "background": {
+        "seen": ["same background color", "they share a background color",
+                 "the backgrounds have the same colour", "both on a {value} background"],
+        "held-out": ["matching background color", "the backgrounds are both {value}"],
+    },
+    "texture": {
+        "seen": ["same texture", "they share a background pattern",
+                 "the backgrounds have the same pattern", "both backgrounds are {value}"],
+        "held-out": ["matching background pattern", "both have a {value} background"],
+    },
+}  # fmt: skip
+
+DEFAULT_CONDITIONS = ("shape", "color", "size", "position", "background", "texture")
+
+
+def pair_factors(
+    factors: Mapping[str, Factor], keep: Sequence[str], rng: np.random.Generator
+) -> dict[str, Factor]:
+    """Factors of a partner image: the classes of ``keep`` kept (with fresh fine values), every
+    other factor moved to a different class.
+
+    With ``keep=[c]`` it is a positive for the condition ``c``; with every factor but ``c`` it
+    is a hard negative for it (alike in all else).
+    """
+    out = {}
+    for attr in ATTRIBUTES:
+        n = len(CLASS_NAMES[attr])
+        label = factors[attr].label
+        if attr not in keep:
+            label = (label + int(rng.integers(1, n))) % n
+        out[attr] = Factor(label, _fine_values(attr, label, rng.random(len(factors[attr].fine))))
+    return out
+
+
+def check_phrasings(
+    conditions: Sequence[str], phrasings: Mapping[str, Mapping[str, Sequence[str]]]
+) -> None:
+    """Raise ``ValueError`` naming a condition without phrasings or a bad template."""
+    for name in conditions:
+        if name not in ATTRIBUTES:
+            raise ValueError(f"unknown condition '{name}'; valid: {list(ATTRIBUTES)}")
+        groups = phrasings.get(name)
+        if not groups or not groups.get("seen"):
+            raise ValueError(f"phrasings['{name}'] needs a non-empty 'seen' list of templates")
+        for template in (t for g in groups.values() for t in g):
+            try:
+                template.format(value="x")
+            except (KeyError, IndexError, ValueError) as error:
+                raise ValueError(
+                    f"phrasings['{name}'] template {template!r}: only {{value}} may be used"
+                ) from error
+
+
+class ShapesTripletDataset(ShapesDataset):
+    """Shapes triplets: anchor, positive, hard negative and a condition in words.
+
+    Each item is a dict with ``"image"`` (the anchor), ``"view"`` (the positive),
+    ``"negative"`` and ``"has_negative"`` (always ``True`` here), ``"text"`` (the condition,
+    a seen phrasing filled with the anchor's class), ``"condition"`` (the attribute), the
+    anchor's ``"labels"`` and ``"index"``. Which condition, phrasing and partners an anchor
+    gets is drawn anew on every fetch, from the same per-process generator as the views.
+
+    Args:
+        num_samples: number of anchors.
+        conditions: the attributes a condition can name.
+        phrasings: ``{attribute: {"seen": [...], "held-out": [...]}}``; training draws from
+            ``"seen"`` only.
+        **kwargs: :class:`ShapesDataset` arguments (``image_size``, ``seed``, ``split``).
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        conditions: Sequence[str] = DEFAULT_CONDITIONS,
+        phrasings: Mapping[str, Mapping[str, Sequence[str]]] = PHRASINGS,
+        **kwargs,
+    ) -> None:
+        super().__init__(num_samples, **kwargs)
+        if not conditions:
+            raise ValueError("conditions must name at least one attribute")
+        check_phrasings(conditions, phrasings)
+        self.conditions = tuple(conditions)
+        self.phrasings = {c: list(phrasings[c]["seen"]) for c in self.conditions}
+
+    def __getitem__(self, index: int) -> dict:
+        if not -self.num_samples <= index < self.num_samples:
+            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
+        index = int(index) % self.num_samples
+        rng = self._view_rng()
+        factors = self.factors(index)
+        condition = self.conditions[int(rng.integers(len(self.conditions)))]
+        templates = self.phrasings[condition]
+        value = CLASS_NAMES[condition][factors[condition].label]
+        others = [a for a in ATTRIBUTES if a != condition]
+
+        def draw(f: Mapping[str, Factor]) -> torch.Tensor:
+            return torch.from_numpy(render(f, self.image_size))
+
+        return {
+            "image": draw(factors),
+            "view": draw(pair_factors(factors, [condition], rng)),
+            "negative": draw(pair_factors(factors, others, rng)),
+            "has_negative": True,
+            "text": templates[int(rng.integers(len(templates)))].format(value=value),
+            "condition": condition,
+            "labels": {attr: f.label for attr, f in factors.items()},
+            "index": index,
+        }
+
+
+class ShapesTripletDataModule(ShapesDataModule):
+    """The built-in triplets (see :class:`ShapesTripletDataset`) for the conditional method.
+
+    Training batches are triplets; validation and test are the shapes' ``[bank, query]``
+    loaders, on whose labelled queries the method runs the conditional benchmark for every
+    condition, in its seen and held-out phrasings.
+
+    Args:
+        conditions: the attributes a condition can name (the benchmark's rows).
+        phrasings: ``{attribute: {"seen": [...], "held-out": [...]}}`` templates with
+            ``{value}``; the built-in ``PHRASINGS`` by default.
+        **kwargs: :class:`ShapesDataModule` arguments.
+    """
+
+    def __init__(
+        self,
+        conditions: list[str] | None = None,
+        phrasings: dict[str, dict[str, list[str]]] | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.conditions = tuple(conditions or DEFAULT_CONDITIONS)
+        phrasings = phrasings or PHRASINGS
+        check_phrasings(self.conditions, phrasings)
+        self.phrasings = {c: {g: list(t) for g, t in phrasings[c].items()} for c in self.conditions}
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        self._datasets["train"] = ShapesTripletDataset(
+            self.num_train,
+            conditions=self.conditions,
+            phrasings=self.phrasings,
+            image_size=self.image_size,
+            seed=self.seed,
+            split="train",
+        )
+
+
+__all__ = [
+    "DEFAULT_CONDITIONS",
+    "PHRASINGS",
+    "ShapesTripletDataModule",
+    "ShapesTripletDataset",
+    "check_phrasings",
+    "pair_factors",
+]

@@ -1,0 +1,273 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from contrastive.datamodules.shape_triplets import ShapesTripletDataModule
+from contrastive.methods import CLIP, Conditional
+from contrastive.methods.conditional import resolve_checkpoint
+from contrastive.text import OpenCLIPText
+from tests.ddp import run_ddp
+
+
+def text_tower(width: int = 32) -> OpenCLIPText:
+    torch.manual_seed(1)
+    return OpenCLIPText("ViT-B-32", width=width, layers=1, heads=2, context_length=16, embed_dim=24)
+
+
+def model(conditioning: str = "project", **kwargs) -> Conditional:
+    torch.manual_seed(0)
+    kwargs = {"backbone": "small_cnn", "backbone_kwargs": {"width": 4}, **kwargs}
+    if conditioning == "token":
+        kwargs["backbone"] = "timm:vit_tiny_patch16_224"
+        kwargs["backbone_kwargs"] = dict(
+            img_size=16, patch_size=8, depth=1, embed_dim=16, num_heads=2
+        )
+    return Conditional(
+        text_tower=text_tower(), conditioning=conditioning, embed_dim=8,
+        conditioning_kwargs={"hidden_dim": 16} if conditioning != "token" else None, **kwargs,
+    )  # fmt: skip
+
+
+TEXTS = ["same color", "same shape", "same color", "both are red", "same shape", "same color"]
+
+
+def batch(n: int = 6, size: int = 16, negatives: bool = True, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    images = [
+        torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8) for _ in "apn"
+    ]
+    out = {"image": images[0], "view": images[1], "text": TEXTS[:n], "condition": ["c"] * n}
+    if negatives:
+        out["negative"] = images[2]
+        out["has_negative"] = torch.tensor([True, False, True, True, False, True][:n])
+    return out
+
+
+def reference_loss(m: Conditional, b: dict) -> torch.Tensor:
+    """InfoNCE written out pair by pair: anchor i against every positive j and every real
+    negative j; every candidate conditioned on the anchor's text (head mechanisms) or on its
+    own row's text (token); both directions averaged."""
+    views = [m.augment.normalize(b[k]) for k in ("image", "view", "negative")]
+    x = [m.inputs(v) for v in views]
+    t = m.encode_text(b["text"])
+    n = len(t)
+
+    def f(inputs, text):  # one image under one text, a unit vector
+        return F.normalize(m.conditioning(inputs[None], text[None])[0], dim=-1)
+
+    def direction(q, k):
+        total = 0.0
+        for i in range(n):
+            own = m.conditioning.pairwise_negatives
+            cands = [f(k[j], t[i] if own else t[j]) for j in range(n)]
+            cands += [f(x[2][j], t[i] if own else t[j]) for j in range(n) if b["has_negative"][j]]
+            logits = torch.stack([f(q[i], t[i]) @ c for c in cands]) / m.temperature
+            total = total - torch.log_softmax(logits, 0)[i]
+        return total / n
+
+    return (direction(x[0], x[1]) + direction(x[1], x[0])) / 2
+
+
+@pytest.mark.parametrize("conditioning", ["project", "film", "combiner", "token"])
+def test_loss_matches_the_pair_by_pair_reference_and_trains_only_the_head(conditioning):
+    # In eval mode, so the trunk's BatchNorm uses the same statistics for one image at a time.
+    m = model(conditioning).eval()
+    b = batch()
+    b["views"] = m.make_views(b)
+    loss = m.training_loss(b)
+    torch.testing.assert_close(loss, reference_loss(m, b), rtol=1e-5, atol=1e-6)
+    loss.backward()
+    towers = [m.backbone, m.image_projection, m.text_tower]
+    assert all(p.grad is None for t in towers for p in t.parameters())
+    assert all(p.grad is not None for p in m.conditioning.parameters())
+
+
+def test_without_negatives_the_loss_is_plain_info_nce():
+    m = model(hard_negatives=False, symmetric=False).eval()
+    b = batch()
+    b["views"] = m.make_views(b)
+    assert len(b["views"]) == 2
+    x = [m.inputs(m.augment.normalize(b[k])) for k in ("image", "view")]
+    t = m.encode_text(b["text"])
+    q = m.condition(x[0], t)
+    k = F.normalize(m.conditioning.pairwise(x[1], t), dim=-1)  # (N, N, D)
+    logits = torch.einsum("nd,nmd->nm", q, k) / m.temperature
+    torch.testing.assert_close(m.training_loss(b), F.cross_entropy(logits, torch.arange(6)))
+
+
+def _ddp_loss_and_grads(rank: int, world_size: int, conditioning: str) -> dict:
+    m = model(conditioning).eval()  # BatchNorm statistics per rank would differ (no SyncBN)
+    b = batch()
+    rows = slice(rank * 3, rank * 3 + 3)
+    local = {k: v[rows] for k, v in b.items()}
+    local["views"] = m.make_views(local)
+    loss = m.training_loss(local)
+    loss.backward()
+    return {n: p.grad for n, p in m.conditioning.named_parameters()} | {"loss": loss.detach()}
+
+
+@pytest.mark.parametrize("conditioning", ["project", "token"])
+def test_ddp_equals_one_process_on_the_global_batch(conditioning):
+    ranks = run_ddp(_ddp_loss_and_grads, conditioning)
+    m = model(conditioning).eval()
+    b = batch()
+    b["views"] = m.make_views(b)
+    loss = m.training_loss(b)
+    loss.backward()
+    # The global loss is the mean of the ranks' losses; DDP averages the gradients.
+    torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss.detach())
+    for name, p in m.conditioning.named_parameters():
+        torch.testing.assert_close(
+            (ranks[0][name] + ranks[1][name]) / 2, p.grad, rtol=1e-4, atol=1e-5
+        )
+
+
+def test_embed_is_unconditioned_without_text_and_conditioned_with_it():
+    m = model().eval()
+    images = batch()["image"]
+    plain = m.embed(images)
+    features = m.backbone(m.augment.normalize(images))
+    torch.testing.assert_close(plain, m.image_projection(features))
+    one = m.embed(images, "same color")
+    assert one.shape == (6, 8)
+    torch.testing.assert_close(one.norm(dim=-1), torch.ones(6))
+    torch.testing.assert_close(m.embed(images, ["same color"] * 6), one)
+    assert not torch.allclose(m.embed(images, "same shape"), one)
+    with pytest.raises(ValueError, match="one text per image"):
+        m.embed(images, ["a", "b"])
+
+
+def test_a_frozen_text_tower_embeds_each_distinct_text_once():
+    m = model()
+    calls = []
+    encode = m.text_tower.encode
+    m.text_tower.encode = lambda texts: calls.append(list(texts)) or encode(texts)
+    first = m.encode_text(TEXTS)
+    again = m.encode_text(TEXTS[::-1])
+    assert calls == [["same color", "same shape", "both are red"]]
+    torch.testing.assert_close(again, first.flip(0))
+
+
+def clip_checkpoint(tmp_path, width: int = 4) -> tuple[CLIP, str]:
+    torch.manual_seed(3)
+    clip = CLIP(text_tower=text_tower(), backbone="small_cnn", backbone_kwargs={"width": width},
+                embed_dim=16)  # fmt: skip
+    path = tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": clip.state_dict()}, path)
+    return clip, str(path)
+
+
+def test_towers_are_loaded_from_a_clip_checkpoint_or_its_run_folder(tmp_path):
+    clip, path = clip_checkpoint(tmp_path)
+    assert resolve_checkpoint(str(tmp_path / "run")) == resolve_checkpoint(path)
+    m = model(towers=str(tmp_path / "run"), image_embed_dim=16, text_projection=True)
+    for name in ("backbone", "image_projection", "text_tower", "text_projection"):
+        theirs, ours = getattr(clip, name).state_dict(), getattr(m, name).state_dict()
+        assert all(torch.equal(theirs[k], ours[k]) for k in theirs), name
+    images = batch()["image"]
+    torch.testing.assert_close(
+        m.embed(images), clip.eval().encode_image(m.augment.normalize(images))
+    )
+
+
+def test_towers_that_do_not_fit_are_one_clear_error(tmp_path):
+    _, path = clip_checkpoint(tmp_path, width=8)
+    with pytest.raises(RuntimeError, match=r"does not fit this model's backbone: wrong shapes"):
+        model(towers=path, image_embed_dim=16, text_projection=True)
+    with pytest.raises(FileNotFoundError, match="towers: checkpoint not found"):
+        model(towers=str(tmp_path / "run" / "version_0" / "checkpoints" / "nothing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no checkpoints/last.ckpt under the folder"):
+        model(towers=str(tmp_path / "empty"))
+
+
+def test_arguments_are_checked():
+    with pytest.raises(ValueError, match="temperature"):
+        model(temperature=0)
+    with pytest.raises(ValueError, match="image_embed_dim"):
+        model(image_embed_dim=7)
+
+
+def test_triplet_accuracy_counts_per_condition_and_scorer():
+    m = model().eval()
+    b = batch()
+    b["condition"] = ["color", "shape", "color", "color", "shape", "color"]
+    views = m.augment.normalize(b["image"])
+    with torch.no_grad():
+        m._triplet_step(b, views, m.represent(views))
+    counts = dict(m._triplet_counts)
+    # Rows with a negative: the 4 color rows (both shape rows have none), once per scorer.
+    assert {k: v[1] for k, v in counts.items()} == {
+        ("color", s): 4 for s in ("conditioned", "image", "text", "image+text")
+    }
+    # The conditioned scorer: does the positive beat the negative under the anchor's text?
+    t = m.encode_text(b["text"])
+    z = [m.embed(b[k], b["text"]) for k in ("image", "view", "negative")]
+    wins = ((z[0] * z[1]).sum(-1) > (z[0] * z[2]).sum(-1)) & b["has_negative"]
+    color = torch.tensor([c == "color" for c in b["condition"]])
+    assert counts[("color", "conditioned")][0] == (wins & color).sum().item()
+    assert t.shape == (6, 24)
+
+
+def test_shapes_fit_validates_and_reports_the_benchmark(tmp_path, capsys):
+    import lightning as L
+
+    m = model(eval_queries=32, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+    data = ShapesTripletDataModule(
+        image_size=16, num_train=64, num_val=48, num_test=48, num_bank=32, batch_size=16,
+        eval_batch_size=32, conditions=["color", "shape"],
+    )  # fmt: skip
+    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(m, data)
+    before = {k: v.clone() for k, v in m.backbone.state_dict().items()}
+    trainer.test(m, data)
+    out = capsys.readouterr().out
+    assert "Conditional retrieval (gallery 48, 32 queries)" in out
+    for row in ("color       seen", "color       held-out", "shape       seen", "mean"):
+        assert row in out
+    metrics = trainer.callback_metrics
+    assert 0 <= metrics["test/conditional/color/held-out/conditioned/mAP"] <= 1
+    assert all(torch.equal(before[k], v) for k, v in m.backbone.state_dict().items())
+    assert not math.isnan(metrics["test/conditional/shape/seen/image+text/triplet"])
+
+
+def test_a_manifest_trains_and_reports_triplet_accuracy_per_condition(tmp_path, capsys):
+    import json
+
+    import lightning as L
+    from PIL import Image
+
+    from contrastive.datamodules import TripletManifestDataModule
+
+    (tmp_path / "img").mkdir()
+    for i in range(8):
+        Image.new("RGB", (20, 20), (30 * i, 200 - 20 * i, 90)).save(tmp_path / "img" / f"{i}.png")
+    rows = [
+        {
+            "image_a": f"img/{i}.png",
+            "image_b": f"img/{(i + 1) % 8}.png",
+            "negative": f"img/{(i + 4) % 8}.png",
+            "text": "same color" if i % 2 else "same artist",
+            "condition": "color" if i % 2 else "artist",
+        }
+        for i in range(8)
+    ]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    data = TripletManifestDataModule(
+        str(tmp_path / "m.jsonl"), val_manifest=str(tmp_path / "m.jsonl"), image_size=16,
+        batch_size=4, eval_batch_size=8,
+    )  # fmt: skip
+    m = model(optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(m, data)
+    trainer.test(m, data)
+    out = capsys.readouterr().out
+    assert "artist      triplets" in out and "color       triplets" in out
+    for scorer in ("conditioned", "image", "text", "image+text"):
+        value = trainer.callback_metrics[f"test/conditional/color/triplets/{scorer}/triplet"]
+        assert value in (0.0, 0.25, 0.5, 0.75, 1.0)  # 4 color triplets
