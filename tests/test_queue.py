@@ -13,7 +13,6 @@ from contrastive.gradcache import by_view
 from contrastive.losses import clip_loss, info_nce, info_nce_tiled
 from contrastive.methods import CLIP, SimCLR, SupCon
 from contrastive.queue import EmbeddingQueue
-from contrastive.text import OpenCLIPText
 
 TINY = dict(backbone_kwargs={"width": 4}, projector_hidden_dim=16, projector_dim=8)
 
@@ -110,6 +109,8 @@ def test_clip_loss_with_queues_classifies_against_the_other_modality_queue():
 
 
 def _clip(**kwargs) -> CLIP:
+    from contrastive.text import OpenCLIPText  # here: the DDP workers need no open_clip
+
     torch.manual_seed(0)
     text = OpenCLIPText(width=16, layers=1, heads=2, context_length=8, embed_dim=8)
     return CLIP(text_tower=text, embed_dim=8, backbone_kwargs={"width": 4}, **kwargs)
@@ -153,43 +154,28 @@ def test_clip_compares_images_with_queued_texts_and_texts_with_queued_images():
     torch.testing.assert_close(model.text_queue.negatives()[-4:], texts)
 
 
-QUEUES = {"SimCLR": {"z": "queue"}, "CLIP": {"image": "image_queue", "text": "text_queue"}}
-METHODS = {"SimCLR": lambda: SimCLR(**TINY, queue_size=12), "CLIP": lambda: _clip(queue_size=6)}
-
-
-def _ddp_rank(rank: int, world_size: int) -> dict:
-    results = {}
-    for name, queues in QUEUES.items():
-        torch.manual_seed(0)
-        model = METHODS[name]().eval()  # eval: recomputed embeddings are the step's own
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        pushed = []  # per step, what every rank should have queued: the gathered embeddings
-        for step in range(3):  # 2 images per rank: 8 SimCLR rows, 4 CLIP pairs per step
-            batch = _batch(10 * step + rank, n=2)
-            if name == "CLIP":
-                batch["views"] = batch["views"][:1]
-            with torch.no_grad():
-                embeddings = model.training_embeddings(batch)
-            pushed.append({k: distributed.gather_no_grad(by_view(embeddings[k])) for k in queues})
-            optimizer.zero_grad()
-            model.training_loss(batch).backward()
-            for p in model.parameters():  # what DDP does: the gradients averaged over ranks
-                if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad /= world_size
-            optimizer.step()
-        results[name] = {
-            key: (getattr(model, queue).negatives(), torch.cat([p[key] for p in pushed]))
-            for key, queue in queues.items()
-        }
-    return results
+def _ddp_rank(rank: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = SimCLR(**TINY, queue_size=12).eval()  # eval: recomputed embeddings are the step's
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    pushed = []  # what every rank should have queued: the gathered embeddings, step by step
+    for step in range(3):  # 2 images, 4 rows per rank: 8 gathered rows per step
+        batch = _batch(10 * step + rank, n=2)
+        with torch.no_grad():
+            pushed.append(
+                distributed.gather_no_grad(by_view(model.training_embeddings(batch)["z"]))
+            )
+        optimizer.zero_grad()
+        model.training_loss(batch).backward()
+        for p in model.parameters():  # what DDP does: the gradients averaged over ranks
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world_size
+        optimizer.step()
+    return model.queue.negatives(), torch.cat(pushed)
 
 
 def test_under_ddp_every_rank_queues_the_last_gathered_embeddings_in_order():
-    ranks = run_ddp(_ddp_rank)
-    for name, queues in QUEUES.items():
-        for key in queues:
-            (queue, pushed), (other_rank_queue, _) = ranks[0][name][key], ranks[1][name][key]
-            assert len(pushed) == 2 * len(queue)  # three steps of K / 2 rows: it wrapped
-            torch.testing.assert_close(queue, pushed[-len(queue) :], msg=f"{name} {key}")
-            torch.testing.assert_close(other_rank_queue, queue, rtol=0, atol=0)
+    (queue, pushed), (other_rank_queue, _) = run_ddp(_ddp_rank)
+    assert len(queue) == 12 and len(pushed) == 24  # three steps of 8 rows: it wrapped
+    torch.testing.assert_close(queue, pushed[-12:])
+    torch.testing.assert_close(other_rank_queue, queue, rtol=0, atol=0)
