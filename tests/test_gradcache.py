@@ -1,6 +1,7 @@
 """Gradient caching (gradcache.py) through SimCLR, SupCon and CLIP: a step in chunks equals the
 plain step; dropout is replayed; BatchNorm is normalised per chunk and updated once per chunk;
-under DDP it equals one process and all-reduces once per step."""
+under DDP, with a queue, it equals one process, all-reduces once per step, and every rank
+queues the same rows."""
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
-from contrastive import gradcache
+from contrastive import distributed, gradcache
 from contrastive.backbones import register_backbone
 from contrastive.datamodules import ShapesDataModule
 from contrastive.gradcache import by_sample, by_view, split_rows
@@ -245,23 +246,39 @@ def _counting_allreduce(calls: list, bucket):
 
 
 def _ddp_rank(rank: int, world_size: int) -> dict:
-    batch = split_rows(_batch(8), 8 // world_size)[rank]  # 4 per rank: chunks of 3 and 1
+    """Three DDP steps of SimCLR with a queue, without and with chunks: the parameters, the
+    all-reduces counted, the queue, and the gathered embeddings each step should have queued."""
     results = {}
     for chunk_size in (None, 3):
-        model = _model("SimCLR", chunk_size=chunk_size)
-        ddp = DistributedDataParallel(_Loss(model))
-        calls = []
+        model = _model("SimCLR", chunk_size=chunk_size, queue_size=32)  # 16 rows a step
+        # No buffer broadcast: each rank's queue must come out the same on its own.
+        ddp = DistributedDataParallel(_Loss(model), broadcast_buffers=False)
+        calls, pushed = [], []
         ddp.register_comm_hook(calls, _counting_allreduce)
-        _, _, params = _step(model, batch, ddp)
-        results[chunk_size] = params, len(calls)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        for step in range(3):  # a global batch of 8, 4 per rank: chunks of 3 and 1
+            batch = split_rows(_batch(8, seed=step), 8 // world_size)[rank]
+            with torch.no_grad():
+                z = by_view(model.training_embeddings(batch)["z"])  # (8, D) this rank's
+                pushed.append(distributed.gather_no_grad(z))  # (16, D) what all ranks queue
+            optimizer.zero_grad()
+            ddp(batch).backward()
+            optimizer.step()
+        params = {n: p.detach().clone() for n, p in model.named_parameters()}
+        results[chunk_size] = params, len(calls), model.queue.negatives(), torch.cat(pushed)
     return results
 
 
-def test_ddp_in_chunks_equals_one_process_and_all_reduces_once_per_step():
+def test_under_ddp_chunks_and_the_queue_equal_one_process_with_one_all_reduce_per_step():
     ranks = run_ddp(_ddp_rank)
-    _, _, want = _step(_model("SimCLR", chunk_size=3), _batch(8))  # the global batch
+    model = _model("SimCLR", chunk_size=3, queue_size=32)
+    for step in range(3):  # one process, the global batch (its queue holds the same rows)
+        _, _, want = _step(model, _batch(8, seed=step))
     for results in ranks:
-        (params, calls), (_, plain_calls) = results[3], results[None]
-        assert calls == plain_calls >= 1  # one all-reduce per bucket, as without chunks
+        (params, calls, queue, pushed), (_, plain_calls, _, _) = results[3], results[None]
+        assert calls == plain_calls == 3  # one all-reduce per step (one bucket), as unchunked
         for name, p in params.items():
             _assert_close(p, want[name], name)
+        assert len(queue) == 32 and len(pushed) == 48  # it wrapped
+        torch.testing.assert_close(queue, pushed[-32:])  # the last K gathered rows, in order
+    torch.testing.assert_close(ranks[0][3][2], ranks[1][3][2], rtol=0, atol=0)  # same queues

@@ -1,14 +1,13 @@
 """The negative queue (queue.py) and the losses' negative-only candidates: against loops written
-from the papers, through SimCLR and CLIP, and under DDP (every rank holds the same queue)."""
+from the papers, and through SimCLR and CLIP. Under DDP (every rank holds the same queue, the
+last K gathered rows) it is tested with gradient caching in test_gradcache.py, in one spawn."""
 
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from ddp import run_ddp
 
-from contrastive import distributed
 from contrastive.gradcache import by_view
 from contrastive.losses import clip_loss, info_nce, info_nce_tiled
 from contrastive.methods import CLIP, SimCLR, SupCon
@@ -152,30 +151,3 @@ def test_clip_compares_images_with_queued_texts_and_texts_with_queued_images():
     )  # fmt: skip
     torch.testing.assert_close(model.training_loss(batch), want)
     torch.testing.assert_close(model.text_queue.negatives()[-4:], texts)
-
-
-def _ddp_rank(rank: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = SimCLR(**TINY, queue_size=12).eval()  # eval: recomputed embeddings are the step's
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    pushed = []  # what every rank should have queued: the gathered embeddings, step by step
-    for step in range(3):  # 2 images, 4 rows per rank: 8 gathered rows per step
-        batch = _batch(10 * step + rank, n=2)
-        with torch.no_grad():
-            pushed.append(
-                distributed.gather_no_grad(by_view(model.training_embeddings(batch)["z"]))
-            )
-        optimizer.zero_grad()
-        model.training_loss(batch).backward()
-        for p in model.parameters():  # what DDP does: the gradients averaged over ranks
-            torch.distributed.all_reduce(p.grad)
-            p.grad /= world_size
-        optimizer.step()
-    return model.queue.negatives(), torch.cat(pushed)
-
-
-def test_under_ddp_every_rank_queues_the_last_gathered_embeddings_in_order():
-    (queue, pushed), (other_rank_queue, _) = run_ddp(_ddp_rank)
-    assert len(queue) == 12 and len(pushed) == 24  # three steps of 8 rows: it wrapped
-    torch.testing.assert_close(queue, pushed[-12:])
-    torch.testing.assert_close(other_rank_queue, queue, rtol=0, atol=0)
