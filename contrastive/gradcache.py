@@ -13,8 +13,10 @@ chunk's embedding: its forward keeps no activations, and the one ``backward()`` 
 first computes the gradient at the embeddings (step 2, the loss's own graph) and then re-runs
 each chunk and back-propagates that gradient into it. Because it is a single backward pass, the
 method stays in Lightning's automatic optimization (gradient clipping, accumulation, AMP loss
-scaling and the schedule work unchanged) and DDP all-reduces each gradient bucket once per step,
-after the last chunk, as for a plain batch.
+scaling and the schedule work unchanged; under manual optimization Lightning refuses the
+Trainer's ``gradient_clip_val`` and ``accumulate_grad_batches``), and DDP all-reduces each
+gradient bucket once per step, as for a plain batch: a parameter's gradient is accumulated
+once, after every chunk has sent its part, so no ``no_sync()`` is needed.
 
 Random state: the CPU and device RNG states are recorded before each chunk's first pass and
 restored for its re-run (``preserve_rng_state``), so dropout and stochastic depth draw the same
