@@ -271,3 +271,13 @@ def test_a_manifest_trains_and_reports_triplet_accuracy_per_condition(tmp_path, 
     for scorer in ("conditioned", "image", "text", "image+text"):
         value = trainer.callback_metrics[f"test/conditional/color/triplets/{scorer}/triplet"]
         assert value in (0.0, 0.25, 0.5, 0.75, 1.0)  # 4 color triplets
+
+
+def test_fine_tuning_a_tower_is_an_option():
+    m = model(freeze_image_tower=False).eval()
+    b = batch()
+    b["views"] = m.make_views(b)
+    m.training_loss(b).backward()
+    assert all(p.grad is not None for p in m.backbone.parameters())
+    assert all(p.grad is None for p in m.text_tower.parameters())  # still frozen
+    assert m.train().backbone.training and not m.text_tower.training

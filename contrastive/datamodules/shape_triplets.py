@@ -83,6 +83,10 @@ def pair_factors(
     return out
 
 
+def _labels(factors: Mapping[str, Factor]) -> dict[str, int]:
+    return {attr: f.label for attr, f in factors.items()}
+
+
 def check_phrasings(
     conditions: Sequence[str], phrasings: Mapping[str, Mapping[str, Sequence[str]]]
 ) -> None:
@@ -108,7 +112,8 @@ class ShapesTripletDataset(ShapesDataset):
     Each item is a dict with ``"image"`` (the anchor), ``"view"`` (the positive),
     ``"negative"`` and ``"has_negative"`` (always ``True`` here), ``"text"`` (the condition,
     a seen phrasing filled with the anchor's class), ``"condition"`` (the attribute), the
-    anchor's ``"labels"`` and ``"index"``. Which condition, phrasing and partners an anchor
+    ``"labels"`` of the anchor, ``"view_labels"`` and ``"negative_labels"`` of its partners,
+    and ``"index"``. Which condition, phrasing and partners an anchor
     gets is drawn anew on every fetch, from the same per-process generator as the views.
 
     Args:
@@ -147,14 +152,18 @@ class ShapesTripletDataset(ShapesDataset):
         def draw(f: Mapping[str, Factor]) -> torch.Tensor:
             return torch.from_numpy(render(f, self.image_size))
 
+        positive = pair_factors(factors, [condition], rng)
+        negative = pair_factors(factors, others, rng)
         return {
             "image": draw(factors),
-            "view": draw(pair_factors(factors, [condition], rng)),
-            "negative": draw(pair_factors(factors, others, rng)),
+            "view": draw(positive),
+            "negative": draw(negative),
             "has_negative": True,
             "text": templates[int(rng.integers(len(templates)))].format(value=value),
             "condition": condition,
-            "labels": {attr: f.label for attr, f in factors.items()},
+            "labels": _labels(factors),
+            "view_labels": _labels(positive),
+            "negative_labels": _labels(negative),
             "index": index,
         }
 
