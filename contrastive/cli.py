@@ -7,7 +7,8 @@
 ``contrastive embed|similar --ckpt RUN.ckpt --images ...`` look at a trained embedding (see
 :mod:`contrastive.explore`). ``contrastive data <tool> ...`` runs a data tool from
 :mod:`contrastive.tools` (``contrastive data nga --root DIR`` downloads National Gallery of Art
-images, ``contrastive data triplets ...`` writes a triplet manifest); each tool is a module with ``main(argv) -> int``, listed in ``main``'s ``data_tools``.
+images, ``contrastive data triplets ...`` writes a triplet manifest); each tool is a module
+with ``main(argv) -> int``, listed in ``main``'s ``data_tools``.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -119,6 +120,10 @@ def test_every_shipped_config_fits_and_tests_through_the_cli(config, capsys):
         assert "Conditional retrieval (gallery 32, 16 queries)" in out and "held-out" in out
     run_dir = next(Path("runs").glob("*/version_0"))
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    # The checkpoint alone rebuilds the method (text towers included) for `contrastive embed`.
+    main(["embed", "--ckpt", str(run_dir / "checkpoints" / "last.ckpt"), "--images",
+          "shapes:4", "--out", "emb.npy"])  # fmt: skip
+    assert np.load("emb.npy").shape[0] == 4
     assert (run_dir / "config.yaml").is_file() and (run_dir / "config_3.yaml").is_file()
 
 

@@ -281,3 +281,15 @@ def test_fine_tuning_a_tower_is_an_option():
     assert all(p.grad is not None for p in m.backbone.parameters())
     assert all(p.grad is None for p in m.text_tower.parameters())  # still frozen
     assert m.train().backbone.training and not m.text_tower.training
+
+
+def test_restoring_a_checkpoint_does_not_read_the_towers_again(tmp_path):
+    from contrastive.methods.conditional import _RESTORING
+
+    token = _RESTORING.set(True)  # as inside Conditional.load_from_checkpoint
+    try:
+        model(towers=str(tmp_path / "moved-away"))  # the checkpoint's weights will be loaded
+    finally:
+        _RESTORING.reset(token)
+    with pytest.raises(FileNotFoundError, match="towers: checkpoint not found"):
+        model(towers=str(tmp_path / "moved-away"))

@@ -19,6 +19,7 @@ import warnings
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
@@ -74,8 +75,14 @@ class ContrastiveMethod(LightningModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        # Modules are saved in the state_dict (and LightningCLI keeps their config), not here.
-        self.save_hyperparameters(ignore=["augment", "optimizer", "text_tower"])
+        # Built by LightningCLI, the hyper-parameters are the config (class paths and init
+        # args), which load_from_checkpoint instantiates again: keep all of it, text tower
+        # included. Built in Python they would be the module objects: their weights are in
+        # the state_dict, so only the plain values are kept.
+        from_config = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(
+            ignore=[] if from_config else ["augment", "optimizer", "text_tower"]
+        )
         self.backbone = create_backbone(backbone, **(backbone_kwargs or {}))
         self.augment = augment if augment is not None else Augment()
         self.optimizer = optimizer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -21,6 +22,8 @@ from contrastive.conditional_eval import (
 from contrastive.conditioning import create_conditioning
 from contrastive.methods.base import ContrastiveMethod
 from contrastive.text import TextTower, freeze
+
+_RESTORING: ContextVar[bool] = ContextVar("restoring_from_checkpoint", default=False)
 
 
 class Conditional(ContrastiveMethod):
@@ -99,7 +102,7 @@ class Conditional(ContrastiveMethod):
                 f"without text_projection, image_embed_dim ({width}) must equal the text "
                 f"tower's num_features ({text_tower.num_features})"
             )
-        if towers is not None:
+        if towers is not None and not _RESTORING.get():  # a checkpoint holds its own towers
             self.load_towers(towers)
         for frozen, modules in (
             (freeze_image_tower, (self.backbone, self.image_projection)),
@@ -122,6 +125,15 @@ class Conditional(ContrastiveMethod):
         self.text_cache_size = text_cache_size if freeze_text_tower else 0
         self._text_cache: dict[str, Tensor] = {}
         self._reset_eval()
+
+    @classmethod
+    def load_from_checkpoint(cls, *args, **kwargs) -> Conditional:
+        """Lightning's, without reading ``towers`` again: the checkpoint has their weights."""
+        token = _RESTORING.set(True)
+        try:
+            return super().load_from_checkpoint(*args, **kwargs)
+        finally:
+            _RESTORING.reset(token)
 
     def load_towers(self, path: str) -> None:
         """Load both towers (and their projections) from a CLIP checkpoint or run folder."""
