@@ -323,6 +323,17 @@ def _retry_after(headers) -> float | None:
     return float(value) if value.isdigit() else None
 
 
+def backoff_delay(
+    attempt: int, backoff: float, max_backoff: float, retry_after: float | None
+) -> float:
+    """Seconds before retry ``attempt + 1``: exponential from ``backoff``, at least the
+    server's ``Retry-After``, at most ``max_backoff``."""
+    delay = min(max_backoff, backoff * 2**attempt)
+    if retry_after is not None:
+        delay = min(max_backoff, max(delay, retry_after))
+    return delay
+
+
 class Fetcher:
     """HTTP GET into a file, atomically, with retries and backoff, a size cap and type check.
 
@@ -383,9 +394,7 @@ class Fetcher:
             except FetchError as err:
                 if not err.retry or attempt >= self.retries:
                     raise
-                delay = min(self.max_backoff, self.backoff * 2**attempt)
-                if err.retry_after is not None:
-                    delay = min(self.max_backoff, max(delay, err.retry_after))
+                delay = backoff_delay(attempt, self.backoff, self.max_backoff, err.retry_after)
                 attempt += 1
                 if self.stop.wait(delay):
                     raise Interrupted() from None

@@ -72,7 +72,7 @@ from typing import NamedTuple
 
 from PIL import Image, ImageOps
 
-from contrastive.tools.nga import RETRY_STATUSES, FetchError, _retry_after
+from contrastive.tools.nga import RETRY_STATUSES, FetchError, _retry_after, backoff_delay
 
 PAIR_MODES = ("field", "neighbors", "random")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -325,11 +325,10 @@ class ChatDescriber(Describer):
             except FetchError as err:
                 if not err.retry or attempt >= self.retries:
                     raise
-                delay = min(self.max_backoff, self.backoff * 2**attempt)
-                if err.retry_after is not None:
-                    delay = min(self.max_backoff, max(delay, err.retry_after))
                 attempt += 1
-                time.sleep(delay)
+                time.sleep(
+                    backoff_delay(attempt - 1, self.backoff, self.max_backoff, err.retry_after)
+                )
 
     def _attempt(self, body: bytes) -> dict:
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
