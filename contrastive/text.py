@@ -18,8 +18,10 @@ import difflib
 import importlib
 import importlib.util
 import os
+from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from contrastive.backbones import UnknownBackboneError, fetching
@@ -215,6 +217,34 @@ def resolve_sentence_transformer(model: str) -> str:
     return str(importlib.import_module(package).get_model_path())
 
 
+class TextCache:
+    """A frozen text tower's outputs, remembered per string (a frozen tower always gives the
+    same), up to ``size`` strings; ``size`` 0 remembers nothing.
+
+    Args:
+        size: how many strings to remember.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.rows: dict[str, Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __call__(self, texts: list[str], compute: Callable[[list[int]], Tensor]) -> Tensor:
+        """``(len(texts), D)``: the remembered rows, and ``compute(indices)`` (``(k, D)``, the
+        tower's output for ``texts[i]`` of each index) for the first occurrence of the others."""
+        first = {t: i for i, t in reversed(list(enumerate(texts))) if t not in self.rows}
+        missing = sorted(first.values())
+        computed = {}
+        if missing:
+            computed = dict(zip((texts[i] for i in missing), compute(missing), strict=True))
+            room = self.size - len(self.rows)
+            self.rows.update(list(computed.items())[: max(0, room)])
+        return torch.stack([computed.get(t, self.rows.get(t)) for t in texts])
+
+
 def freeze(module: nn.Module) -> nn.Module:
     """Stop gradients into ``module``; the caller keeps it in eval mode (no dropout, fixed BN)."""
     for param in module.parameters():
@@ -226,6 +256,7 @@ __all__ = [
     "HFTokenizer",
     "OpenCLIPText",
     "SentenceTransformerText",
+    "TextCache",
     "TextTower",
     "freeze",
     "resolve_sentence_transformer",

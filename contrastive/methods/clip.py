@@ -17,7 +17,7 @@ from contrastive.heads import ProjectionHead
 from contrastive.losses import Tiling, clip_loss, siglip_loss
 from contrastive.methods.base import ContrastiveMethod
 from contrastive.queue import EmbeddingQueue
-from contrastive.text import TextTower, freeze
+from contrastive.text import TextCache, TextTower, freeze
 
 DEFAULT_PROMPTS = ("a photo of a {}.",)
 
@@ -149,7 +149,7 @@ class CLIP(ContrastiveMethod):
         self.tiling = Tiling(tiled, tile_size, tile_above)
         self.prompts = prompts
         self.text_cache_size = text_cache_size if freeze_text_tower else 0
-        self._text_cache: dict[str, Tensor] = {}
+        self._text_cache = TextCache(self.text_cache_size)
         self.retrieval_chunk_size = retrieval_chunk_size
         self.ssl_weight, self.ssl_temperature = ssl_weight, ssl_temperature
         if ssl_weight > 0:
@@ -199,15 +199,11 @@ class CLIP(ContrastiveMethod):
         return self.text_projection(features)
 
     def _cached_text_features(self, captions: list[str], tokens: Any) -> Tensor:
-        missing = [i for i, c in enumerate(captions) if c not in self._text_cache]
-        computed = {}
-        if missing:
+        def compute(index: list[int]) -> Tensor:
             with torch.no_grad():
-                out = self.text_tower(_rows(tokens, torch.tensor(missing, device=self.device)))
-            computed = {captions[i]: row for i, row in zip(missing, out, strict=True)}
-            room = self.text_cache_size - len(self._text_cache)
-            self._text_cache.update(list(computed.items())[: max(0, room)])
-        return torch.stack([computed.get(c, self._text_cache.get(c)) for c in captions])
+                return self.text_tower(_rows(tokens, torch.tensor(index, device=self.device)))
+
+        return self._text_cache(captions, compute)
 
     def logit_scale(self) -> Tensor:
         """``exp`` of the learnt log-scale, clamped to ``max_logit_scale``, in float32."""

@@ -21,7 +21,7 @@ from contrastive.conditional_eval import (
 )
 from contrastive.conditioning import create_conditioning
 from contrastive.methods.base import ContrastiveMethod
-from contrastive.text import TextTower, freeze
+from contrastive.text import TextCache, TextTower, freeze
 
 _RESTORING: ContextVar[bool] = ContextVar("restoring_from_checkpoint", default=False)
 
@@ -122,8 +122,7 @@ class Conditional(ContrastiveMethod):
         self.freeze_image_tower, self.freeze_text_tower = freeze_image_tower, freeze_text_tower
         self.temperature, self.symmetric = temperature, symmetric
         self.hard_negatives, self.eval_queries = hard_negatives, eval_queries
-        self.text_cache_size = text_cache_size if freeze_text_tower else 0
-        self._text_cache: dict[str, Tensor] = {}
+        self._text_cache = TextCache(text_cache_size if freeze_text_tower else 0)
         self._reset_eval()
 
     @classmethod
@@ -186,15 +185,12 @@ class Conditional(ContrastiveMethod):
         once per batch, and once ever with a frozen tower (the cache).
         """
         unique = list(dict.fromkeys(texts))
-        missing = [t for t in unique if t not in self._text_cache]
-        computed = {}
-        if missing:
+
+        def compute(index: list[int]) -> Tensor:  # (k, T)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_text_tower):
-                out = self.text_tower.encode(missing)  # (k, T)
-            computed = dict(zip(missing, out, strict=True))
-            room = self.text_cache_size - len(self._text_cache)
-            self._text_cache.update(list(computed.items())[: max(0, room)])
-        table = torch.stack([computed.get(t, self._text_cache.get(t)) for t in unique])
+                return self.text_tower.encode([unique[i] for i in index])
+
+        table = self._text_cache(unique, compute)  # (U, T)
         index = torch.tensor([unique.index(t) for t in texts], device=table.device)
         return F.normalize(self.text_projection(table), dim=-1), index
 
