@@ -3,7 +3,9 @@
 ``contrastive fit|validate|test|predict --config X.yaml``; ``--model SimCLR`` or
 ``--model my_pkg.MyMethod`` picks a method by class path, ``--data`` a data module. Runs log to
 ``runs/<name>/version_N`` (a new version per run, so nothing earlier is overwritten) and
-``--ckpt_path last`` continues the latest run that has a ``last.ckpt``.
+``--ckpt_path last`` continues the latest run that has a ``last.ckpt``. Without
+``--trainer.precision`` a run takes the fastest precision for its hardware
+(:func:`fastest_precision`).
 ``contrastive embed|similar --ckpt RUN.ckpt --images ...`` look at a trained embedding (see
 :mod:`contrastive.explore`). ``contrastive data <tool> ...`` runs a data tool from
 :mod:`contrastive.tools` (``contrastive data nga --root DIR`` downloads National Gallery of Art
@@ -18,6 +20,7 @@ import re
 import sys
 from pathlib import Path
 
+import torch
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import (
@@ -102,6 +105,21 @@ class ContrastiveCLI(LightningCLI):
             check_backbone_name(backbone)
         if config.get("ckpt_path") == "last":
             config.ckpt_path = str(_resume_latest_run(config.trainer))
+        if config.get("trainer.precision") is None:  # not chosen by the config or the user
+            config.trainer.precision = fastest_precision(config.get("trainer.accelerator"))
+
+
+def fastest_precision(accelerator: object) -> str:
+    """``"bf16-mixed"`` where the run may use a CUDA GPU with bf16, ``"32-true"`` elsewhere.
+
+    On CPUs float32 is kept whatever the CPU: bf16 autocast made the shapes configs' small CNN
+    7-12x slower even on a CPU with ``avx512_bf16`` (BENCHMARKS.md), while ResNets there gain
+    from it; pass ``--trainer.precision bf16-mixed`` for those.
+    """
+    on_gpu = accelerator in (None, "auto", "gpu", "cuda")
+    if on_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
 
 
 def _resume_latest_run(trainer_config) -> Path:
