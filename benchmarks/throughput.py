@@ -246,8 +246,13 @@ def build_method(spec: Spec, channels_last: bool) -> ContrastiveMethod:
         optimizer=OPTIMIZER,
         channels_last=channels_last,
     )
-    if spec.method == "simclr":
-        model = SimCLR(projector_hidden_dim=spec.hidden, projector_dim=spec.out, **common)
+    if spec.method == "simclr":  # one forward per view, as lightly's examples
+        model = SimCLR(
+            projector_hidden_dim=spec.hidden,
+            projector_dim=spec.out,
+            separate_views=True,
+            **common,
+        )
     else:
         model = BYOL(
             projector_hidden_dim=spec.hidden,

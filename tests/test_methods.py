@@ -47,6 +47,27 @@ def test_bias_and_norm_parameters_get_no_weight_decay_and_lr_warms_up_then_decay
     assert seen[4:] == pytest.approx([0.5 * (1 + math.cos(math.pi * s / 8)) for s in range(8)])
 
 
+def test_separate_views_are_separate_batchnorm_batches_and_the_same_model_in_eval():
+    torch.manual_seed(0)
+    model = SimCLR(backbone_kwargs={"width": 4}, projector_hidden_dim=16, projector_dim=8)
+    apart = SimCLR(
+        backbone_kwargs={"width": 4}, projector_hidden_dim=16, projector_dim=8, separate_views=True
+    )
+    apart.load_state_dict(model.state_dict())
+    views = [torch.randn(6, 3, 32, 32), torch.randn(6, 3, 32, 32) + 1.0]  # other statistics
+    one_by_one = torch.stack([model.projector(model.backbone(v)) for v in views], dim=1)
+    with torch.no_grad():  # training mode: BatchNorm uses each forward's own batch
+        torch.testing.assert_close(apart.training_embeddings({"views": views})["z"], one_by_one)
+        together = model.training_embeddings({"views": views})["z"]
+        assert not torch.allclose(together, one_by_one, atol=1e-3)  # one batch of 12 mixes them
+        apart.load_state_dict(model.state_dict())  # the same running statistics, in eval mode
+        model.eval(), apart.eval()  # no batch statistics at all, so no difference
+        torch.testing.assert_close(
+            apart.training_embeddings({"views": views})["z"],
+            model.training_embeddings({"views": views})["z"],
+        )
+
+
 def test_embed_returns_backbone_features_for_uint8_images():
     model = SimCLR(backbone_kwargs={"width": 4}, projector_hidden_dim=16).eval()
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
