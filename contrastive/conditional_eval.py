@@ -27,6 +27,13 @@ from torch import Tensor
 SCORERS = ("conditioned", "image", "text", "image+text")
 
 
+def distinct_texts(texts: Sequence[str]) -> tuple[list[str], Tensor]:
+    """The distinct texts in order of first appearance, and each text's ``(N,)`` row among them."""
+    rows: dict[str, int] = {}
+    index = [rows.setdefault(t, len(rows)) for t in texts]
+    return list(rows), torch.tensor(index)
+
+
 def ranked_retrieval(
     scores: Tensor, relevant: Tensor, ks: Sequence[int] = (1, 5)
 ) -> dict[str, Tensor]:
@@ -157,9 +164,9 @@ def conditional_benchmark(
         relevant = (y[queries, None] == y[None]) & ~self_mask  # (Q, G)
         pos, neg, has_both = _triplets(relevant, ~self_mask, generator)
         texts = spec.texts(y[queries])
-        unique = sorted(set(texts))
+        unique, which = distinct_texts(texts)  # U texts, (Q,) each query's
         text = F.normalize(model.embed_text(unique).float(), dim=-1)  # (U, E)
-        which = torch.tensor([unique.index(t) for t in texts], device=image.device)  # (Q,)
+        which = which.to(image.device)
         scores = {
             "conditioned": _conditioned_scores(model, inputs, queries, text, which),
             "image": image[queries] @ image.T,
@@ -256,6 +263,7 @@ __all__ = [
     "ConditionalModel",
     "conditional_benchmark",
     "conditional_report",
+    "distinct_texts",
     "mean_over_conditions",
     "ranked_retrieval",
 ]

@@ -8,6 +8,7 @@ from contrastive.conditional_eval import (
     ConditionSpec,
     conditional_benchmark,
     conditional_report,
+    distinct_texts,
     ranked_retrieval,
 )
 
@@ -104,3 +105,10 @@ def test_image_baseline_map_is_what_the_ranking_implies():
     )
     expected = ranked_retrieval(scores, relevant)["AP"].mean().item()
     assert out[("color", "seen", "image")]["mAP"] == pytest.approx(expected)
+
+
+def test_distinct_texts_keep_first_appearance_and_index_every_text():
+    unique, index = distinct_texts(["same color", "both are red", "same color", "same size"])
+    assert unique == ["same color", "both are red", "same size"]
+    assert index.tolist() == [0, 1, 0, 2]
+    assert [unique[i] for i in index] == ["same color", "both are red", "same color", "same size"]

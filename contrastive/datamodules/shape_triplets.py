@@ -139,9 +139,7 @@ class ShapesTripletDataset(ShapesDataset):
         self.phrasings = {c: list(phrasings[c]["seen"]) for c in self.conditions}
 
     def __getitem__(self, index: int) -> dict:
-        if not -self.num_samples <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
-        index = int(index) % self.num_samples
+        index = self._checked_index(index)
         rng = self._view_rng()
         factors = self.factors(index)
         condition = self.conditions[int(rng.integers(len(self.conditions)))]

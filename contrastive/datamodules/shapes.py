@@ -450,10 +450,14 @@ class ShapesDataset(Dataset):
         keep = self._view_rng().random(len(ATTRIBUTES)) >= self.caption_dropout  # (7,)
         return tuple(a for a, k in zip(ATTRIBUTES, keep, strict=True) if k)
 
-    def __getitem__(self, index: int) -> dict:
+    def _checked_index(self, index: int) -> int:
+        """``index`` in ``[0, num_samples)``, negative ones counted from the end."""
         if not -self.num_samples <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
-        index = int(index) % self.num_samples
+        return int(index) % self.num_samples
+
+    def __getitem__(self, index: int) -> dict:
+        index = self._checked_index(index)
         factors = self.factors(index)
         item = {
             "image": torch.from_numpy(render(factors, self.image_size)),

@@ -18,6 +18,7 @@ from contrastive.conditional_eval import (
     ConditionSpec,
     conditional_benchmark,
     conditional_report,
+    distinct_texts,
 )
 from contrastive.conditioning import create_conditioning
 from contrastive.methods.base import ContrastiveMethod
@@ -184,15 +185,14 @@ class Conditional(ContrastiveMethod):
         Conditions repeat (a few phrasings per attribute), so each distinct text is embedded
         once per batch, and once ever with a frozen tower (the cache).
         """
-        unique = list(dict.fromkeys(texts))
+        unique, index = distinct_texts(texts)
 
         def compute(index: list[int]) -> Tensor:  # (k, T)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_text_tower):
                 return self.text_tower.encode([unique[i] for i in index])
 
         table = self._text_cache(unique, compute)  # (U, T)
-        index = torch.tensor([unique.index(t) for t in texts], device=table.device)
-        return F.normalize(self.text_projection(table), dim=-1), index
+        return F.normalize(self.text_projection(table), dim=-1), index.to(table.device)
 
     def condition(self, inputs: Tensor, text: Tensor) -> Tensor:
         """Unit conditioned embeddings ``(B, D)`` of ``inputs`` row by row under ``text``."""
@@ -312,10 +312,7 @@ class Conditional(ContrastiveMethod):
         phrasings = getattr(datamodule, "phrasings", None)
         if self._eval_store["labels"] and phrasings:
             store = {
-                k: distributed.gather_no_grad(torch.cat(v))
-                if distributed.is_distributed()
-                else torch.cat(v)
-                for k, v in self._eval_store.items()
+                k: distributed.gather_no_grad(torch.cat(v)) for k, v in self._eval_store.items()
             }
             names = list(self.eval_num_classes)
             labels = {name: store["labels"][:, i] for i, name in enumerate(names)}

@@ -325,10 +325,9 @@ class ChatDescriber(Describer):
             except FetchError as err:
                 if not err.retry or attempt >= self.retries:
                     raise
+                delay = backoff_delay(attempt, self.backoff, self.max_backoff, err.retry_after)
                 attempt += 1
-                time.sleep(
-                    backoff_delay(attempt - 1, self.backoff, self.max_backoff, err.retry_after)
-                )
+                time.sleep(delay)
 
     def _attempt(self, body: bytes) -> dict:
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
