@@ -246,20 +246,12 @@ def build_method(spec: Spec, channels_last: bool) -> ContrastiveMethod:
         optimizer=OPTIMIZER,
         channels_last=channels_last,
     )
-    if spec.method == "simclr":  # one forward per view, as lightly's examples
-        model = SimCLR(
-            projector_hidden_dim=spec.hidden,
-            projector_dim=spec.out,
-            separate_views=True,
-            **common,
-        )
+    # One forward per view, as lightly's examples do (and BYOL's own code).
+    common.update(projector_hidden_dim=spec.hidden, projector_dim=spec.out, separate_views=True)
+    if spec.method == "simclr":
+        model = SimCLR(**common)
     else:
-        model = BYOL(
-            projector_hidden_dim=spec.hidden,
-            projector_dim=spec.out,
-            predictor_hidden_dim=spec.predictor_hidden,
-            **common,
-        )
+        model = BYOL(predictor_hidden_dim=spec.predictor_hidden, **common)
     model = model.to(spec.device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 

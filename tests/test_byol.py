@@ -17,9 +17,11 @@ def _views(b: int = 6) -> list[torch.Tensor]:
     return [torch.randn(b, 3, 32, 32, generator=g) for _ in range(2)]
 
 
-def test_loss_matches_the_paper_symmetrised_per_view():
-    model = _byol()
+@pytest.mark.parametrize("separate_views", [False, True])
+def test_loss_matches_the_paper_symmetrised_per_view(separate_views):
+    model = _byol(separate_views=separate_views)
     v1, v2 = _views()
+    v2 = v2 + 1.0  # other batch statistics: the two layouts' BatchNorm batches differ
     loss = model.training_loss({"views": [v1, v2]})
 
     def online(v):
@@ -33,12 +35,20 @@ def test_loss_matches_the_paper_symmetrised_per_view():
         p, z = torch.nn.functional.normalize(p, dim=1), torch.nn.functional.normalize(z, dim=1)
         return (p - z).pow(2).sum(1)
 
-    # One forward over both views, as the method does (BatchNorm sees the 2B batch).
-    both = torch.cat([v1, v2])
-    p1, p2 = online(both).chunk(2)
-    z1, z2 = target(both).detach().chunk(2)
-    expected = torch.cat([regress(p1, z2), regress(p2, z1)]).mean()
+    if separate_views:  # a forward per view, as BYOL's own code does: a BatchNorm batch each
+        (p1, p2), (z1, z2) = [online(v) for v in (v1, v2)], [target(v) for v in (v1, v2)]
+    else:  # one forward over both views (BatchNorm sees the 2B batch)
+        both = torch.cat([v1, v2])
+        (p1, p2), (z1, z2) = online(both).chunk(2), target(both).chunk(2)
+    expected = torch.cat([regress(p1, z2.detach()), regress(p2, z1.detach())]).mean()
     torch.testing.assert_close(loss, expected)
+    other = _byol(separate_views=not separate_views)
+    assert not torch.allclose(other.training_loss({"views": [v1, v2]}), loss, atol=1e-4)
+    other.load_state_dict(model.state_dict())  # the same running statistics, in eval mode
+    model.eval(), other.eval()  # and no batch statistics: the layouts agree
+    torch.testing.assert_close(
+        other.training_loss({"views": [v1, v2]}), model.training_loss({"views": [v1, v2]})
+    )
     assert byol_loss(p1, p1).item() == pytest.approx(0.0, abs=1e-6)
 
 

@@ -10,7 +10,7 @@ from torch import Tensor
 from contrastive.ema import cosine_momentum, ema_update, frozen_copy
 from contrastive.heads import PredictionHead, ProjectionHead
 from contrastive.losses import byol_loss
-from contrastive.methods.base import ContrastiveMethod
+from contrastive.methods.base import ContrastiveMethod, forward_views
 
 
 class BYOL(ContrastiveMethod):
@@ -31,6 +31,9 @@ class BYOL(ContrastiveMethod):
         final_momentum: target momentum at the last step (1.0).
         representation: what ``embed`` returns: the pooled ``backbone`` features (the paper's
             choice) or the ``projector`` output.
+        separate_views: forward each view on its own, each its own BatchNorm batch, as BYOL's
+            and lightly's code do; False: one batch of both views
+            (:func:`~contrastive.methods.base.forward_views`).
         **kwargs: :class:`ContrastiveMethod` arguments (backbone, augment, optimizer, ...).
     """
 
@@ -42,6 +45,7 @@ class BYOL(ContrastiveMethod):
         base_momentum: float = 0.996,
         final_momentum: float = 1.0,
         representation: Literal["backbone", "projector"] = "backbone",
+        separate_views: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -52,6 +56,7 @@ class BYOL(ContrastiveMethod):
             )
         self.base_momentum, self.final_momentum = base_momentum, final_momentum
         self.representation = representation
+        self.separate_views = separate_views
         dim = self.backbone.num_features
         self.projector = ProjectionHead(dim, projector_hidden_dim, projector_dim)
         self.predictor = PredictionHead(projector_dim, predictor_hidden_dim, projector_dim)
@@ -61,10 +66,12 @@ class BYOL(ContrastiveMethod):
         self._ema_step = 0  # the optimizer step the target was last updated at
 
     def training_loss(self, batch: dict) -> Tensor:
-        views = torch.cat(batch["views"])  # (2B, C, H, W): view 1 then view 2
-        predictions = self.predictor(self.projector(self.backbone(views)))  # (2B, D)
+        views, separate = batch["views"], self.separate_views
+        online = lambda x: self.predictor(self.projector(self.backbone(x)))  # noqa: E731
+        target = lambda x: self.target_projector(self.target_backbone(x))  # noqa: E731
+        predictions = forward_views(online, views, separate)  # (2B, D): view 1 then view 2
         with torch.no_grad():
-            targets = self.target_projector(self.target_backbone(views))  # (2B, D)
+            targets = forward_views(target, views, separate)  # (2B, D)
         # Each view's prediction regresses the *other* view's target: swap the halves.
         swapped = torch.cat(targets.chunk(2)[::-1])  # (2B, D)
         return byol_loss(predictions, swapped)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from contrastive.gradcache import Embeddings, by_sample, by_view, check_chunk_size
 from contrastive.heads import ProjectionHead
 from contrastive.losses import Tiling
-from contrastive.methods.base import ContrastiveMethod
+from contrastive.methods.base import ContrastiveMethod, forward_views
 from contrastive.queue import EmbeddingQueue
 
 
@@ -36,8 +35,8 @@ class SimCLR(ContrastiveMethod):
             has none). ``None``: the whole batch at once.
         separate_views: forward each view on its own, so each is its own BatchNorm batch (as in
             lightly and solo-learn) and no batch statistic mixes an image's two views. False:
-            one batch of both views, BatchNorm over both as in the paper. On a 2-core CPU two
-            batches of B ran 5% faster than one of 2B (BENCHMARKS.md).
+            one batch of both views, BatchNorm over both as in the paper
+            (:func:`~contrastive.methods.base.forward_views`).
         queue_size: keep the last this many projections (2 per image, from every rank) as
             extra negatives, MoCo-style (``queue.py``; no momentum encoder, so they are slightly
             stale); 0: no queue.
@@ -76,10 +75,8 @@ class SimCLR(ContrastiveMethod):
 
     def training_embeddings(self, batch: dict) -> Embeddings:
         """``{"z": (B, 2, D)}``: the projections of both views of each image."""
-        if self.separate_views:
-            z = torch.cat([self.projector(self.backbone(v)) for v in batch["views"]])  # (2B, D)
-        else:
-            z = self.projector(self.backbone(torch.cat(batch["views"])))  # (2B, D)
+        network = lambda views: self.projector(self.backbone(views))  # noqa: E731
+        z = forward_views(network, batch["views"], self.separate_views)  # (2B, D)
         return {"z": by_sample(z, len(batch["views"][0]))}  # (B, 2, D)
 
     def loss_from_embeddings(self, embeddings: Embeddings, batch: dict) -> Tensor:
