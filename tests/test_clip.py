@@ -91,6 +91,34 @@ def test_views_become_pairs_of_their_own_and_slip_adds_an_image_loss():
     torch.testing.assert_close(slip_loss, clip_only + 0.5 * image_loss)
 
 
+def test_caption_grad_scale_scales_only_the_image_text_gradient_into_the_backbone():
+    batch = {**_batch(4), "view": _batch(4)["image"].flip(-1)}
+    batch["view_caption"] = [f"a mirrored shape {i}" for i in range(4)]
+
+    def grads(scale: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model = _clip(ssl_weight=0.5, caption_grad_scale=scale).eval()  # no batch statistics
+        loss = _loss(model, batch)
+        loss.backward()
+        named = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), named
+
+    (loss0, slip_only), (loss1, whole), (loss, quarter) = grads(0.0), grads(1.0), grads(0.25)
+    torch.testing.assert_close(loss, loss1)  # the forward pass is CLIP's
+    torch.testing.assert_close(loss0, loss1)
+    for name, grad in quarter.items():
+        if name.startswith("backbone."):  # SLIP's gradient + a quarter of the captions'
+            want = slip_only[name] + 0.25 * (whole[name] - slip_only[name])
+            torch.testing.assert_close(grad, want, rtol=1e-4, atol=1e-6)
+        else:  # projections, text tower, temperature: the whole gradient at any scale
+            torch.testing.assert_close(grad, whole[name])
+    assert any((whole[n] - slip_only[n]).abs().max() > 1e-4 for n in slip_only if "backbone" in n)
+    without_slip = _clip(caption_grad_scale=0.0)
+    _loss(without_slip, batch).backward()
+    assert all(p.grad is None for p in without_slip.backbone.parameters())
+    with pytest.raises(ValueError, match="caption_grad_scale must be >= 0"):
+        _clip(caption_grad_scale=-1.0)
+
+
 def test_the_logit_scale_starts_as_in_the_papers_and_is_clamped_at_100():
     assert _clip().logit_scale().item() == pytest.approx(1 / 0.07)
     siglip = _clip(loss="siglip")

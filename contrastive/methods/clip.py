@@ -81,6 +81,13 @@ class CLIP(ContrastiveMethod):
             extra negatives, MoCo-style (``queue.py``): images are also classified against the
             queued texts and texts against the queued images; queued rows never match. The
             SLIP image loss gets no queue. Needs ``loss="clip"``. 0: no queue.
+        caption_grad_scale: the image-text loss's gradient into ``backbone`` is multiplied by
+            this (the image projection gets it whole). 1: CLIP. 0: the backbone learns from
+            SLIP's image loss alone (and the captions train the projection on top, as LiT with
+            the roles reversed). In between, the captions still keep what only they name (colour,
+            on the shapes data) while the image loss leads: on the shapes data 0.1 let the
+            backbone learn shape, where the whole caption gradient held it on colour
+            (BENCHMARKS.md).
         **kwargs: :class:`ContrastiveMethod` arguments (backbone, augment, optimizer, ...).
     """
 
@@ -107,6 +114,7 @@ class CLIP(ContrastiveMethod):
         ssl_projector_dim: int = 128,
         chunk_size: int | None = None,
         queue_size: int = 0,
+        caption_grad_scale: float = 1.0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -114,6 +122,8 @@ class CLIP(ContrastiveMethod):
             raise ValueError(f"loss must be 'clip' or 'siglip', got '{loss}'")
         if queue_size < 0:
             raise ValueError(f"queue_size must be >= 0 (0: no queue), got {queue_size}")
+        if caption_grad_scale < 0:
+            raise ValueError(f"caption_grad_scale must be >= 0, got {caption_grad_scale}")
         if queue_size and loss != "clip":
             raise ValueError(f"queue_size needs loss='clip' (SigLIP takes no queue), got '{loss}'")
         init_temperature = init_temperature or {"clip": 0.07, "siglip": 0.1}[loss]
@@ -155,6 +165,7 @@ class CLIP(ContrastiveMethod):
         if ssl_weight > 0:
             self.ssl_projector = ProjectionHead(self.backbone.num_features, 512, ssl_projector_dim)
         self.chunk_size = check_chunk_size(chunk_size)
+        self.caption_grad_scale = caption_grad_scale
         self.image_queue = EmbeddingQueue(queue_size, embed_dim) if queue_size else None
         self.text_queue = EmbeddingQueue(queue_size, embed_dim) if queue_size else None
 
@@ -224,7 +235,8 @@ class CLIP(ContrastiveMethod):
         if "view_caption" in batch and len(features) == 2 * b:  # views are pairs of their own
             view_batch = {"caption": batch["view_caption"], "tokens": batch.get("view_tokens")}
             texts = torch.cat([texts, self.encode_text(view_batch)])  # (2B, E)
-        images = self.image_projection(features[: len(texts)])  # (B or 2B, E)
+        paired = scale_gradient(features[: len(texts)], self.caption_grad_scale)
+        images = self.image_projection(paired)  # (B or 2B, E)
         embeddings = {"image": by_sample(images, b), "text": by_sample(texts, b)}
         if self.ssl_weight > 0:
             embeddings["features"] = by_sample(features, b)  # (B, 2, F)
@@ -236,7 +248,12 @@ class CLIP(ContrastiveMethod):
         loss = self._image_text_loss(images, texts)
         if self.ssl_weight > 0:
             features = embeddings["features"]  # (B, 2, F)
-            loss = loss + self.ssl_weight * self._image_loss(by_view(features), len(features))
+            image_loss = self._image_loss(by_view(features), len(features))
+            self.log_dict(  # the two parts apart: which of them is learning
+                {"train/image_text_loss": loss, "train/ssl_loss": image_loss},
+                batch_size=len(features),
+            )
+            loss = loss + self.ssl_weight * image_loss
         return loss
 
     def _image_loss(self, features: Tensor, b: int) -> Tensor:
@@ -376,6 +393,15 @@ class CLIP(ContrastiveMethod):
         if self.trainer.is_global_zero and results.get("trained"):
             classes = {a: len(c) for a, (c, _) in self.zero_shot_prompts.items()}
             print(crossmodal_report(results["trained"], results.get("random", {}), classes))
+
+
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """``x`` unchanged forward; its gradient multiplied by ``scale`` backward."""
+    if scale == 1:
+        return x
+    if scale == 0:
+        return x.detach()
+    return x.detach() + scale * (x - x.detach())
 
 
 def batch_tokens(batch: dict, model: CLIP) -> Any:
