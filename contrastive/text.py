@@ -246,10 +246,20 @@ class TextCache:
 
 
 def freeze(module: nn.Module) -> nn.Module:
-    """Stop gradients into ``module``; the caller keeps it in eval mode (no dropout, fixed BN)."""
+    """Stop gradients into ``module``; the caller keeps it in eval (``keep_frozen_eval``)."""
     for param in module.parameters():
         param.requires_grad_(False)
     return module.eval()
+
+
+def keep_frozen_eval(*towers: tuple[bool, nn.Module]) -> None:
+    """Put each ``(frozen, module)`` whose flag is set back in eval mode after ``train()``.
+
+    A frozen tower stays as it was loaded: no dropout, fixed BatchNorm statistics.
+    """
+    for frozen, module in towers:
+        if frozen:
+            module.eval()
 
 
 __all__ = [
@@ -259,5 +269,6 @@ __all__ = [
     "TextCache",
     "TextTower",
     "freeze",
+    "keep_frozen_eval",
     "resolve_sentence_transformer",
 ]

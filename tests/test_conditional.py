@@ -84,6 +84,14 @@ def test_loss_matches_the_pair_by_pair_reference_and_trains_only_the_head(condit
     assert all(p.grad is not None for p in m.conditioning.parameters())
 
 
+def test_frozen_towers_stay_in_eval_mode_and_a_fine_tuned_one_trains():
+    m = model(freeze_text_tower=False).train()  # image tower frozen (the default), text not
+    assert not any(x.training for x in m.backbone.modules())  # fixed BatchNorm statistics
+    assert all(x.training for x in m.text_tower.modules())
+    assert all(x.training for x in m.conditioning.modules())
+    assert not any(x.training for x in model().train().text_tower.modules())
+
+
 def test_without_negatives_the_loss_is_plain_info_nce():
     m = model(hard_negatives=False, symmetric=False).eval()
     b = batch()

@@ -17,7 +17,7 @@ from contrastive.heads import ProjectionHead
 from contrastive.losses import Tiling, clip_loss, siglip_loss
 from contrastive.methods.base import ContrastiveMethod
 from contrastive.queue import EmbeddingQueue
-from contrastive.text import TextCache, TextTower, freeze
+from contrastive.text import TextCache, TextTower, freeze, keep_frozen_eval
 
 DEFAULT_PROMPTS = ("a photo of a {}.",)
 
@@ -177,10 +177,9 @@ class CLIP(ContrastiveMethod):
 
     def train(self, mode: bool = True) -> CLIP:
         super().train(mode)
-        if self.freeze_image_tower:
-            self.backbone.eval()  # frozen: no dropout, fixed BatchNorm statistics
-        if self.freeze_text_tower:
-            self.text_tower.eval()
+        keep_frozen_eval(
+            (self.freeze_image_tower, self.backbone), (self.freeze_text_tower, self.text_tower)
+        )
         return self
 
     def make_views(self, batch: dict) -> list[Tensor]:

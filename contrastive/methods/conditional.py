@@ -22,7 +22,7 @@ from contrastive.conditional_eval import (
 )
 from contrastive.conditioning import create_conditioning
 from contrastive.methods.base import ContrastiveMethod
-from contrastive.text import TextCache, TextTower, freeze
+from contrastive.text import TextCache, TextTower, freeze, keep_frozen_eval
 
 _RESTORING: ContextVar[bool] = ContextVar("restoring_from_checkpoint", default=False)
 
@@ -145,10 +145,9 @@ class Conditional(ContrastiveMethod):
 
     def train(self, mode: bool = True) -> Conditional:
         super().train(mode)
-        if self.freeze_image_tower:  # frozen: no dropout, fixed BatchNorm statistics
-            self.backbone.eval()
-        if self.freeze_text_tower:
-            self.text_tower.eval()
+        keep_frozen_eval(
+            (self.freeze_image_tower, self.backbone), (self.freeze_text_tower, self.text_tower)
+        )
         return self
 
     # ---- the towers -------------------------------------------------------------------------
