@@ -186,9 +186,9 @@ class Conditional(ContrastiveMethod):
         """
         unique, index = distinct_texts(texts)
 
-        def compute(index: list[int]) -> Tensor:  # (k, T)
+        def compute(missing: list[int]) -> Tensor:  # (k, T), rows of unique not cached
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_text_tower):
-                return self.text_tower.encode([unique[i] for i in index])
+                return self.text_tower.encode([unique[i] for i in missing])
 
         table = self._text_cache(unique, compute)  # (U, T)
         return F.normalize(self.text_projection(table), dim=-1), index.to(table.device)
