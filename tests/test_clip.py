@@ -121,6 +121,7 @@ def test_caption_grad_scale_scales_only_the_image_text_gradient_into_the_backbon
 
 def test_the_logit_scale_starts_as_in_the_papers_and_is_clamped_at_100():
     assert _clip().logit_scale().item() == pytest.approx(1 / 0.07)
+    assert _clip(init_temperature=0.02).logit_scale().item() == pytest.approx(50.0)  # clip.yaml
     siglip = _clip(loss="siglip")
     assert siglip.logit_scale().item() == pytest.approx(10.0)
     assert siglip.logit_bias.item() == -10.0
