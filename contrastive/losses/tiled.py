@@ -125,7 +125,8 @@ def _count_positives(
 class _TiledInfoNCE(torch.autograd.Function):
     """The similarity / log-sum-exp part of :func:`info_nce_tiled` on normalised inputs.
 
-    With ``l_ij = s_ij / T``, ``lse_i`` over the non-self columns and ``V`` valid anchors::
+    With ``l_ij = s_ij / T``, ``lse_i = max_i + log(sum_i)`` over the non-self columns (kept as
+    the two numbers) and ``V`` valid anchors::
 
         L = 1/V * sum_{i valid} (lse_i - 1/|P(i)| * sum_{p in P(i)} l_ip)
         dL/dl_ij = (|P(i)| * softmax_ij - [j in P(i)]) / (V * |P(i)|)   (0 for invalid rows)
@@ -136,19 +137,33 @@ class _TiledInfoNCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, c, temperature, anchor_labels, candidate_labels, positions, counts, block):
         t = temperature.detach().to(a.dtype)
-        lse = torch.full((len(a),), float("-inf"), dtype=a.dtype, device=a.device)  # (N,)
+        # The online log-sum-exp keeps its running max and its sum apart (lse = max + log(sum)):
+        # the backward pass then takes the softmax as exp(l - max) / sum, exact where l is the
+        # max, instead of exp(l - lse) with lse rounded to one float (which costs a near-zero
+        # loss most of its gradient's digits).
+        row_max = torch.full((len(a),), float("-inf"), dtype=a.dtype, device=a.device)  # (N,)
+        row_sum = torch.zeros(len(a), dtype=a.dtype, device=a.device)  # (N,) sum exp(l - max)
         positive_sum = torch.zeros(len(a), dtype=a.dtype, device=a.device)  # (N,) sum_p l_ip
         for rows, cols in _tiles(len(a), len(c), block):
             logits = a[rows] @ c[cols].T / t  # (n, m)
             positive, is_self = _tile_masks(anchor_labels, candidate_labels, positions, rows, cols)
             if is_self is not None:
                 logits = logits.masked_fill(is_self, float("-inf"))
-            # online log-sum-exp: logaddexp keeps the running max and rescales the running sum
-            lse[rows] = torch.logaddexp(lse[rows], torch.logsumexp(logits, dim=1))
+            new_max = torch.maximum(row_max[rows], logits.amax(dim=1))  # (n,)
+            shift = _finite_or_zero(new_max)  # a row of only -inf so far stays at sum 0
+            row_sum[rows] = row_sum[rows] * torch.exp(row_max[rows] - shift) + torch.exp(
+                logits - shift[:, None]
+            ).sum(dim=1)
+            row_max[rows] = new_max
             positive_sum[rows] += torch.where(positive, logits, torch.zeros_like(logits)).sum(1)
         valid = counts > 0
-        loss = (lse[valid] - positive_sum[valid] / counts[valid]).mean()
-        ctx.save_for_backward(a, c, temperature, anchor_labels, candidate_labels, lse, counts)
+        # lse - mean positive logit, as (max - mean positive) + log(sum): the first difference
+        # is exact when the positive is the max (views that agree), where the loss is smallest.
+        per_anchor = row_max - positive_sum / counts.clamp(min=1) + torch.log(row_sum)
+        loss = per_anchor[valid].mean()
+        ctx.save_for_backward(
+            a, c, temperature, anchor_labels, candidate_labels, row_max, row_sum, counts
+        )
         ctx.has_positions = positions is not None
         if positions is not None:
             ctx.positions = positions.detach()  # an index: not part of the graph
@@ -157,7 +172,9 @@ class _TiledInfoNCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        a, c, temperature, anchor_labels, candidate_labels, lse, counts = ctx.saved_tensors
+        a, c, temperature, anchor_labels, candidate_labels, row_max, row_sum, counts = (
+            ctx.saved_tensors
+        )
         positions = ctx.positions if ctx.has_positions else None
         with torch.autocast(a.device.type, enabled=False):
             t = temperature.detach().to(a.dtype)
@@ -175,7 +192,8 @@ class _TiledInfoNCE(torch.autograd.Function):
                 logits = s / t
                 if is_self is not None:
                     logits = logits.masked_fill(is_self, float("-inf"))
-                p = torch.exp(logits - lse[rows, None])  # (n, m) softmax, 0 on self
+                shift = _finite_or_zero(row_max[rows])[:, None]
+                p = torch.exp(logits - shift) / row_sum[rows, None]  # (n, m) softmax, 0 on self
                 dl = weight[rows, None] * (counts[rows, None] * p - positive.to(a.dtype))
                 dl = torch.where(valid[rows, None], dl, torch.zeros_like(dl))  # no 0 * nan
                 grad_a[rows] += dl @ c[cols] / t  # (n, D)
@@ -185,3 +203,8 @@ class _TiledInfoNCE(torch.autograd.Function):
             if ctx.needs_input_grad[2]:
                 grad_t = (-grad_s_dot_s / t**2).to(temperature.dtype).reshape(temperature.shape)
         return grad_a, grad_c, grad_t, None, None, None, None, None
+
+
+def _finite_or_zero(x: Tensor) -> Tensor:
+    """``x`` with its infinities replaced by 0: a shift that never makes ``-inf - -inf``."""
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
