@@ -1,7 +1,8 @@
 """Reading one image file into a fixed-size uint8 tensor, or a :class:`Skipped` saying why not.
 
 :func:`load_image` is what every data module that reads image files calls in its loader
-workers (image folders, image-text CSVs, NGA). It never raises for a bad file: a missing,
+workers (image folders, image-text CSVs, NGA); :func:`read_image` reads one at its own size
+(GeneCIS crops boxes from it). Neither raises for a bad file: a missing,
 empty, corrupt, truncated or non-image file, or one above the pixel limit, comes back as
 ``Skipped(path, reason)``, which the loader's ``Collate`` drops and the method reports.
 
@@ -171,8 +172,9 @@ def _failed_reason(data: bytes, error: Exception) -> str:
     return "corrupt image"
 
 
-def _decode_pil(data: bytes, max_pixels: int) -> np.ndarray | str:
-    """``(H, W, 3)`` uint8 decoded by Pillow, or the reason it could not be."""
+def _decode_pil(data: bytes, max_pixels: int, exif: bool = True) -> np.ndarray | str:
+    """``(H, W, 3)`` uint8 decoded by Pillow (turned upright by its EXIF orientation when
+    ``exif``), or the reason it could not be."""
     try:
         im = _open_pil(data)
     except UnidentifiedImageError:
@@ -185,7 +187,7 @@ def _decode_pil(data: bytes, max_pixels: int) -> np.ndarray | str:
             return reason
         try:
             im.load()
-            im = ImageOps.exif_transpose(im)
+            im = ImageOps.exif_transpose(im) if exif else im
             return _to_rgb_array(im)
         except Exception as error:
             return _failed_reason(data, error)
@@ -214,6 +216,18 @@ def load_image(
     """
     if size < 1:
         raise ValueError(f"size must be >= 1 pixel, got {size}")
+    image = read_image(path, max_pixels)
+    return image if isinstance(image, Skipped) else resize_center_crop(image, size)
+
+
+def read_image(
+    path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, exif: bool = True
+) -> torch.Tensor | Skipped:
+    """Read an image file at its own size, ``(3, H, W)`` uint8 RGB, or a :class:`Skipped`.
+
+    As :func:`load_image` without the resize. ``exif=False`` keeps the pixels as stored,
+    ignoring the EXIF orientation: what annotations made on the stored pixels (boxes) need.
+    """
     source = str(path)
     try:
         with open(path, "rb") as f:
@@ -222,7 +236,7 @@ def load_image(
         return Skipped(source, "missing file")
     except OSError:  # a directory, no permission, an I/O error
         return Skipped(source, "unreadable file")
-    return decode_image(data, size, max_pixels, source)
+    return _decode(data, max_pixels, source, exif)
 
 
 def decode_image(
@@ -238,6 +252,12 @@ def decode_image(
     """
     if size < 1:
         raise ValueError(f"size must be >= 1 pixel, got {size}")
+    image = _decode(data, max_pixels, source)
+    return image if isinstance(image, Skipped) else resize_center_crop(image, size)
+
+
+def _decode(data: bytes, max_pixels: int, source: str, exif: bool = True) -> torch.Tensor | Skipped:
+    """``(3, H, W)`` uint8 RGB at the image's own size, or why not."""
     if not data:
         return Skipped(source, "empty file")
     if data.startswith(_JPEG_MAGIC):
@@ -248,12 +268,10 @@ def decode_image(
                 return Skipped(source, reason)
             try:
                 encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-                image = decode_jpeg(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-                return resize_center_crop(image, size)
+                return decode_jpeg(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=exif)
             except RuntimeError:
                 pass  # Pillow gets a second try, and says why if it fails too
-    decoded = _decode_pil(data, max_pixels)
+    decoded = _decode_pil(data, max_pixels, exif)
     if isinstance(decoded, str):
         return Skipped(source, decoded)
-    image = torch.from_numpy(decoded).permute(2, 0, 1)  # (3, H, W)
-    return resize_center_crop(image, size)
+    return torch.from_numpy(decoded).permute(2, 0, 1)  # (3, H, W)
