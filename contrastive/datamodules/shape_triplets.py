@@ -88,12 +88,17 @@ def _labels(factors: Mapping[str, Factor]) -> dict[str, int]:
 
 
 def check_phrasings(
-    conditions: Sequence[str], phrasings: Mapping[str, Mapping[str, Sequence[str]]]
+    conditions: Sequence[str],
+    phrasings: Mapping[str, Mapping[str, Sequence[str]]],
+    attributes: Sequence[str] = ATTRIBUTES,
 ) -> None:
-    """Raise ``ValueError`` naming a condition without phrasings or a bad template."""
+    """Raise ``ValueError`` naming a condition without phrasings or a bad template.
+
+    ``attributes`` are the valid conditions (the shapes' by default; the fonts pass theirs).
+    """
     for name in conditions:
-        if name not in ATTRIBUTES:
-            raise ValueError(f"unknown condition '{name}'; valid: {list(ATTRIBUTES)}")
+        if name not in attributes:
+            raise ValueError(f"unknown condition '{name}'; valid: {list(attributes)}")
         groups = phrasings.get(name)
         if not groups or not groups.get("seen"):
             raise ValueError(f"phrasings['{name}'] needs a non-empty 'seen' list of templates")
