@@ -1,5 +1,8 @@
 """Data modules: one data source each."""
 
+from contrastive.datamodules.font_triplets import FontTripletDataModule, FontTripletDataset
+from contrastive.datamodules.fonts import FontsDataModule, FontsDataset
+from contrastive.datamodules.genecis import GeneCISDataModule, GeneCISDataset
 from contrastive.datamodules.image_text import ImageTextDataModule
 from contrastive.datamodules.imagefolder import ImageFolderDataModule, ImageFolderDataset
 from contrastive.datamodules.nga import NGADataModule, NGADataset
@@ -9,6 +12,12 @@ from contrastive.datamodules.triplets import TripletManifestDataModule
 from contrastive.datamodules.vision_sets import VisionSetDataModule
 
 __all__ = [
+    "FontTripletDataModule",
+    "FontTripletDataset",
+    "FontsDataModule",
+    "FontsDataset",
+    "GeneCISDataModule",
+    "GeneCISDataset",
     "ImageFolderDataModule",
     "ImageFolderDataset",
     "ImageTextDataModule",
