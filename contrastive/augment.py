@@ -30,6 +30,8 @@ import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
 
+from contrastive.backbones import Preprocessing
+
 
 class Augment(nn.Module):
     """A sequence of batched augmentations followed by normalisation.
@@ -37,23 +39,37 @@ class Augment(nn.Module):
     Args:
         transforms: kornia augmentations (or any module mapping float ``(B, C, H, W)`` in [0, 1]
             to the same), applied in order. Empty: no augmentation, only normalisation.
-        mean: per-channel mean subtracted after augmentation.
-        std: per-channel standard deviation divided by after augmentation.
+        mean: per-channel mean subtracted after augmentation. ``None``: the backbone's, which
+            a method passes to :meth:`use_backbone_stats` (:meth:`Preprocessing.random_init`
+            until then).
+        std: per-channel standard deviation divided by after augmentation. ``None``: the
+            backbone's.
     """
 
     def __init__(
         self,
         transforms: Sequence[nn.Module] = (),
-        mean: Sequence[float] = (0.5, 0.5, 0.5),
-        std: Sequence[float] = (0.25, 0.25, 0.25),
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        self.transforms = nn.Sequential(*transforms)
+        self._given = (mean, std)  # given explicitly: these win over the backbone's
+        # Saved with the weights: a checkpoint restores the normalisation its encoder expects.
+        self.register_buffer("mean", torch.empty(0))
+        self.register_buffer("std", torch.empty(0))
+        self.use_backbone_stats(Preprocessing.random_init())  # until a method passes its own
+
+    def use_backbone_stats(self, preprocessing: Preprocessing) -> None:
+        """Normalise with the backbone's mean and std, except where this augment was given its
+        own."""
+        mean = preprocessing.mean if self._given[0] is None else self._given[0]
+        std = preprocessing.std if self._given[1] is None else self._given[1]
         if len(mean) != len(std):
             raise ValueError(f"mean and std need one value per channel, got {mean} and {std}")
-        self.transforms = nn.Sequential(*transforms)
-        # Saved with the weights: a checkpoint restores the normalisation its encoder expects.
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        device = self.mean.device
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
     def to_float(self, images: Tensor) -> Tensor:
         """uint8 ``(B, C, H, W)`` in [0, 255] (or float in [0, 1]) -> float in [0, 1]."""
@@ -92,8 +108,8 @@ class SimCLRAugment(Augment):
         blur: probability of Gaussian blur. SimCLR uses 0.5 on ImageNet and none on 32 px data.
         blur_sigma: range of the blur's standard deviation, in pixels.
         solarize: probability of solarisation.
-        mean: normalisation mean.
-        std: normalisation standard deviation.
+        mean: normalisation mean; ``None``: the backbone's.
+        std: normalisation standard deviation; ``None``: the backbone's.
     """
 
     def __init__(
@@ -111,8 +127,8 @@ class SimCLRAugment(Augment):
         blur: float = 0.0,
         blur_sigma: tuple[float, float] = (0.1, 2.0),
         solarize: float = 0.0,
-        mean: Sequence[float] = (0.5, 0.5, 0.5),
-        std: Sequence[float] = (0.25, 0.25, 0.25),
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         for name, p in dict(
             hflip=hflip,

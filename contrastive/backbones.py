@@ -1,6 +1,7 @@
 """Backbone registry: a name -> a module mapping images ``(B, C, H, W)`` to features ``(B, D)``.
 
-Every backbone has an int ``num_features == D``. Names are either registered here with
+Every backbone has an int ``num_features == D`` and a ``preprocessing``: the mean, std and image
+size its weights expect (:class:`Preprocessing`). Names are either registered here with
 ``@register_backbone()`` or carry a source prefix (``"timm:resnet18"``); a new source is one
 entry in ``_SOURCES``. Local weights come from ``checkpoint=PATH``, hub weights from
 ``pretrained=True``.
@@ -23,6 +24,32 @@ from torch import nn
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
+class Preprocessing(NamedTuple):
+    """What a backbone's weights expect of its input images.
+
+    Attributes:
+        mean: per-channel mean of images scaled to [0, 1], subtracted before the backbone.
+        std: per-channel standard deviation, divided by after the mean.
+        image_size: the side the weights were made for; ``None`` where the data sets it.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int | None = None
+
+    @classmethod
+    def random_init(cls, channels: int = 3) -> Preprocessing:
+        """The project's normalisation for weights trained here from random init: 0.5 and 0.25
+        per channel, which every recorded result was trained with."""
+        return cls((0.5,) * channels, (0.25,) * channels)
+
+    @classmethod
+    def of(cls, mean, std, size: int | tuple[int, ...] | None) -> Preprocessing:
+        """From a library's config: sequences of floats, and a side or an ``(..., H, W)``."""
+        side = size[-1] if isinstance(size, (tuple, list)) else size
+        return cls(tuple(map(float, mean)), tuple(map(float, std)), side and int(side))
+
+
 class UnknownBackboneError(ValueError):
     """The backbone name is neither registered nor known to its source."""
 
@@ -33,6 +60,9 @@ class BackboneWeightsError(RuntimeError):
 
 def register_backbone(name: str | None = None) -> Callable[[Callable], Callable]:
     """Register a factory ``fn(*, pretrained: bool = False, **kwargs) -> nn.Module``.
+
+    The module it returns may set ``preprocessing`` (a :class:`Preprocessing`) to say how its
+    weights want their input normalised; without it, :meth:`Preprocessing.random_init`.
 
     Args:
         name: Registered name; ``fn.__name__`` when None. Must be new and contain no ``":"``
@@ -56,6 +86,11 @@ def create_backbone(
 ) -> nn.Module:
     """Build a backbone mapping float images ``(B, C, H, W)`` to features ``(B, num_features)``.
 
+    Its ``preprocessing`` is what the hub's weights expect (timm's ``pretrained_cfg``, open_clip's
+    preprocess config, torchvision's weights transforms) when ``pretrained``, and
+    :meth:`Preprocessing.random_init` otherwise (``checkpoint`` weights change neither); the image
+    size of an open_clip tower is its own, whatever the weights.
+
     Args:
         name: A registered name (see ``list_backbones()``) or ``"timm:NAME"`` for any timm model,
             built headless (``num_classes=0``).
@@ -74,6 +109,8 @@ def create_backbone(
     model = _source(prefix, name).create(rest, pretrained=pretrained, **kwargs)
     if not isinstance(getattr(model, "num_features", None), int):
         raise TypeError(f"backbone '{name}' must have an int num_features, got {type(model)}")
+    if not isinstance(getattr(model, "preprocessing", None), Preprocessing):
+        model.preprocessing = Preprocessing.random_init()
     if checkpoint is not None:
         _load_checkpoint(model, checkpoint, name)
     return model
@@ -141,6 +178,16 @@ def load_weights(module: nn.Module, path: str | os.PathLike, prefix: str, what: 
         raise RuntimeError(
             f"expected a state_dict or Lightning checkpoint in '{path}', got {type(state)}"
         )
+    load_state(module, state, f"checkpoint '{path}'", what)
+
+
+def load_state(module: nn.Module, state: dict, source: str, what: str) -> None:
+    """Load ``state`` into ``module``, requiring an exact fit.
+
+    Raises:
+        RuntimeError: one line naming ``source``, ``what``, and the missing and unexpected keys
+            and wrong shapes.
+    """
     expected = module.state_dict()
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
@@ -152,7 +199,7 @@ def load_weights(module: nn.Module, path: str | os.PathLike, prefix: str, what: 
     named = [("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes)]
     problems = [f"{kind}: {_few(keys)}" for kind, keys in named if keys]
     if problems:
-        raise RuntimeError(f"checkpoint '{path}' does not fit {what}: {'; '.join(problems)}")
+        raise RuntimeError(f"{source} does not fit {what}: {'; '.join(problems)}")
     module.load_state_dict(state)
 
 
@@ -186,6 +233,9 @@ def _create_timm(name: str, *, pretrained: bool, **kwargs) -> nn.Module:
     # Headless forward() returns pre-logits features, head_hidden_size wide; that differs from
     # timm's num_features when the head has its own layers (MobileNetV3: 1024 vs 288).
     model.num_features = int(getattr(model, "head_hidden_size", model.num_features))
+    if pretrained:  # timm's own resolution: the weights' pretrained_cfg and any overlay
+        config = timm.data.resolve_model_data_config(model)
+        model.preprocessing = Preprocessing.of(config["mean"], config["std"], config["input_size"])
     return model
 
 
@@ -206,8 +256,12 @@ def _create_open_clip(name: str, *, pretrained: bool | str, **kwargs) -> nn.Modu
     what = f"'open_clip:{name}' (pretrained='{pretrained}')"
     with fetching(what) if pretrained else contextlib.nullcontext():
         model = open_clip.create_model(name, pretrained=pretrained or None, **kwargs)
-    visual = model.visual  # keeps open_clip's preprocess_cfg (size, mean, std) for callers
+    visual = model.visual
     visual.num_features = int(visual.output_dim)
+    config = visual.preprocess_cfg  # the size is the tower's own, whatever the weights
+    random_init = Preprocessing.random_init()
+    mean, std = (config["mean"], config["std"]) if pretrained else random_init[:2]
+    visual.preprocessing = Preprocessing.of(mean, std, config["size"])
     return visual
 
 
@@ -250,6 +304,8 @@ def _resnet(
         with fetching(f"'{builder.__name__}' ({weights})"):
             state = weights.get_state_dict(progress=True, check_hash=True)
         model.load_state_dict(state)
+        hub = weights.transforms()  # torchvision's own evaluation transform of these weights
+        model.preprocessing = Preprocessing.of(hub.mean, hub.std, hub.crop_size)
     if small_stem:  # SimCLR's CIFAR stem keeps 32 px images at 32 px until layer2
         c_in, c_out = model.conv1.in_channels, model.conv1.out_channels
         model.conv1 = nn.Conv2d(c_in, c_out, 3, stride=1, padding=1, bias=False)
@@ -308,4 +364,5 @@ def small_cnn(*, pretrained: bool = False, width: int = 32, in_chans: int = 3) -
     # (B, C, H, W) -> (B, 8w, H/8, W/8) -> (B, 8w)
     model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
     model.num_features = 8 * width
+    model.preprocessing = Preprocessing.random_init(in_chans)
     return model

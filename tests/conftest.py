@@ -38,3 +38,17 @@ def tiny_checkpoint(tmp_path_factory):
     path = root / "tiny.pt"
     torch.save(model.state_dict(), path)
     return model.eval(), str(path)
+
+
+@pytest.fixture(scope="session")
+def timm_weights(tmp_path_factory):
+    """timm's tiny ``test_resnet`` (headless) saved as safetensors: a pretrained timm model
+    without the network, through ``pretrained_cfg_overlay=dict(file=...)``."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=0)
+    path = tmp_path_factory.mktemp("timm") / "test_resnet.safetensors"
+    save_file(model.state_dict(), path)
+    return str(path)

@@ -7,6 +7,7 @@ from torch import nn
 from contrastive import backbones
 from contrastive.backbones import (
     BackboneWeightsError,
+    Preprocessing,
     UnknownBackboneError,
     create_backbone,
     list_backbones,
@@ -233,3 +234,103 @@ def test_factory_without_num_features_is_rejected(registry):
     register_backbone("headless")(lambda pretrained=False: nn.Flatten())
     with pytest.raises(TypeError, match="'headless' must have an int num_features"):
         create_backbone("headless")
+
+
+# ---- the normalisation each backbone's weights expect -------------------------------------
+
+RANDOM_INIT = Preprocessing((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), None)
+
+
+def test_a_pretrained_timm_model_carries_its_own_stats(timm_weights):
+    """test_resnet's pretrained_cfg: mean 0.5, std 0.5, 160 px; an overlay is honoured too."""
+    model = create_backbone("timm:test_resnet", pretrained=True,
+                            pretrained_cfg_overlay={"file": timm_weights})  # fmt: skip
+    assert model.preprocessing == Preprocessing((0.5,) * 3, (0.5,) * 3, 160)
+    overlay = {"file": timm_weights, "mean": (0.1, 0.2, 0.3), "input_size": (3, 48, 48)}
+    model = create_backbone("timm:test_resnet", pretrained=True, pretrained_cfg_overlay=overlay)
+    assert model.preprocessing == Preprocessing((0.1, 0.2, 0.3), (0.5,) * 3, 48)
+
+
+@pytest.mark.parametrize("name", [*list_backbones(), "timm:test_resnet"])
+def test_random_init_keeps_the_project_default(name):
+    assert create_backbone(name).preprocessing == RANDOM_INIT
+
+
+def test_random_init_default_has_one_value_per_input_channel():
+    assert create_backbone("small_cnn", in_chans=1).preprocessing == Preprocessing((0.5,), (0.25,))
+
+
+def test_torchvision_pretrained_weights_carry_imagenet_stats(monkeypatch):
+    hub = torchvision.models.resnet18().state_dict()
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", lambda self, **kw: hub)
+    model = create_backbone("resnet18", pretrained=True)
+    assert model.preprocessing == Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224)
+
+
+def test_open_clip_towers_carry_their_size_and_pretrained_stats(tiny_checkpoint):
+    clip, weights = tiny_checkpoint
+    cfg = clip.visual.preprocess_cfg
+    pretrained = create_backbone("open_clip:Tiny-Test-ViT", pretrained=weights)
+    assert pretrained.preprocessing == Preprocessing(cfg["mean"], cfg["std"], 32)
+    assert create_backbone("open_clip:Tiny-Test-ViT").preprocessing == RANDOM_INIT._replace(
+        image_size=32
+    )
+
+
+def test_a_registered_factory_may_declare_its_stats(registry):
+    declared = Preprocessing((0.2,), (0.3,), 16)
+
+    @register_backbone()
+    def declares(pretrained: bool = False) -> nn.Module:
+        model = nn.Sequential(nn.Flatten())
+        model.num_features, model.preprocessing = 3, declared
+        return model
+
+    @register_backbone()
+    def silent(pretrained: bool = False) -> nn.Module:
+        model = nn.Sequential(nn.Flatten())
+        model.num_features = 3
+        return model
+
+    assert create_backbone("declares").preprocessing == declared
+    assert create_backbone("silent").preprocessing == RANDOM_INIT
+
+
+def _timm_simclr(timm_weights, **kwargs):
+    from contrastive.methods import SimCLR
+
+    overlay = {"file": timm_weights, "mean": (0.1, 0.2, 0.3), "std": (0.4, 0.5, 0.6)}
+    backbone_kwargs = {"pretrained": True, "pretrained_cfg_overlay": overlay}
+    return SimCLR(backbone="timm:test_resnet", backbone_kwargs=backbone_kwargs,
+                  projector_hidden_dim=16, **kwargs).eval()  # fmt: skip
+
+
+def _normalised(images, mean, std):
+    shape = (1, len(mean), 1, 1)
+    return (images.float() / 255 - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
+
+
+def test_views_and_embed_use_the_backbones_stats_unless_the_config_gives_its_own(timm_weights):
+    from contrastive.augment import Augment, SimCLRAugment
+
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    own = (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)  # the overlay's, in _timm_simclr
+    model = _timm_simclr(timm_weights)
+    with torch.no_grad():
+        expected = model.backbone(_normalised(images, *own))
+        torch.testing.assert_close(model.embed(images), expected)
+    # A view with every augmentation off is the image, normalised with the backbone's stats.
+    off = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=0, color_jitter=0, grayscale=0)
+    model = _timm_simclr(timm_weights, augment=SimCLRAugment(**off))
+    torch.testing.assert_close(model.augment(images), _normalised(images, *own))
+    # Given explicitly, each of mean and std wins; the other stays the backbone's.
+    model = _timm_simclr(timm_weights, augment=Augment(mean=(0.7, 0.7, 0.7)))
+    torch.testing.assert_close(
+        model.augment.normalize(images), _normalised(images, (0.7,) * 3, own[1])
+    )
+    model = _timm_simclr(timm_weights, augment=Augment(mean=(0.7,) * 3, std=(0.2,) * 3))
+    torch.testing.assert_close(
+        model.augment.normalize(images), _normalised(images, (0.7,) * 3, (0.2,) * 3)
+    )
+    with pytest.raises(ValueError, match="one value per channel"):
+        Augment(mean=(0.5,), std=(0.2, 0.2, 0.2))

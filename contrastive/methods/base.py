@@ -86,6 +86,7 @@ class ContrastiveMethod(LightningModule):
         )
         self.backbone = create_backbone(backbone, **(backbone_kwargs or {}))
         self.augment = augment if augment is not None else Augment()
+        self.augment.use_backbone_stats(self.backbone.preprocessing)  # unless given its own
         self.optimizer = optimizer
         self.warmup_epochs = warmup_epochs
         self.gather_negatives = gather_negatives
