@@ -11,6 +11,8 @@
 :mod:`contrastive.tools` (``contrastive data nga --root DIR`` downloads National Gallery of Art
 images, ``contrastive data triplets ...`` writes a triplet manifest); each tool is a module
 with ``main(argv) -> int``, listed in ``main``'s ``data_tools``.
+``contrastive export --ckpt RUN.ckpt --out DIR`` writes a trained encoder
+(:mod:`contrastive.export`), as every ``fit`` does into its run folder at the end.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import contrastive.datamodules  # noqa: F401  (registers the data modules' short
 import contrastive.methods  # noqa: F401  (registers the methods' short names)
 from contrastive.backbones import BackboneWeightsError, UnknownBackboneError, check_backbone_name
 from contrastive.datamodules.common import DataError
+from contrastive.export import ExportEncoder
 from contrastive.methods import ContrastiveMethod, NonFiniteLossError
 
 # Subcommands outside LightningCLI, for looking at a trained embedding (contrastive/explore.py).
@@ -87,6 +90,7 @@ class ContrastiveCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ExportEncoder, "export")  # into the run folder at fit end
         parser.set_defaults(
             {
                 "data": {"class_path": "contrastive.datamodules.ShapesDataModule"},
@@ -147,6 +151,11 @@ def main(args: ArgsType = None) -> None:
         from contrastive.explore import main as explore_main  # PIL and drawing: only when asked
 
         explore_main(list(argv))
+        return
+    if isinstance(argv, (list, tuple)) and argv and argv[0] == "export":
+        from contrastive.export import main as export_main
+
+        export_main(list(argv[1:]))
         return
     if isinstance(argv, (list, tuple)) and argv and argv[0] == "data":
         # Data tools: `contrastive data <tool> ...`, each a module with main(argv) -> int.

@@ -23,6 +23,8 @@ from PIL import Image, ImageDraw, ImageOps
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from contrastive.encoder import Encoder
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 SHAPES_PREFIX = "shapes:"
 DEFAULT_IMAGE_SIZE = 224  # when the checkpoint does not record the training image size
@@ -165,30 +167,6 @@ def load_method(ckpt: str | Path, device: torch.device):
     return model.eval().to(device), image_size
 
 
-class BackboneEmbedder(torch.nn.Module):
-    """A registry backbone with the ``embed`` of a method: uint8 images, normalised as the
-    backbone's weights expect (open_clip's and timm's preprocessing configs; ImageNet's
-    statistics otherwise)."""
-
-    def __init__(self, backbone: torch.nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        config = (
-            getattr(backbone, "preprocess_cfg", None)
-            or getattr(backbone, "pretrained_cfg", None)
-            or {}
-        )
-        from contrastive.augment import Augment
-
-        mean = config.get("mean", (0.485, 0.456, 0.406))
-        self.augment = Augment(mean=mean, std=config.get("std", (0.229, 0.224, 0.225)))
-        size = config.get("size", config.get("input_size", DEFAULT_IMAGE_SIZE))
-        self.image_size = int(size[-1] if isinstance(size, (tuple, list)) else size)
-
-    def embed(self, images: Tensor) -> Tensor:
-        return self.backbone(self.augment.normalize(images))
-
-
 def load_compare_model(spec: str, pretrained: str | None, device: torch.device):
     """The ``--compare-ckpt`` model: a checkpoint, or a backbone from the registry
     (``open_clip:ViT-B-32`` with ``--compare-pretrained laion2b_s34b_b79k``, ``timm:NAME``).
@@ -202,7 +180,7 @@ def load_compare_model(spec: str, pretrained: str | None, device: torch.device):
 
     weights: bool | str = {None: False, "true": True}.get(pretrained, pretrained)
     try:
-        model = BackboneEmbedder(create_backbone(spec, pretrained=weights))
+        model = Encoder(create_backbone(spec, pretrained=weights))
     except (UnknownBackboneError, BackboneWeightsError) as err:
         raise ExploreError(f"--compare-ckpt {spec}: {err}") from None
     return model.eval().to(device), model.image_size
@@ -406,8 +384,8 @@ def _embed_with(args, ckpt: str, device: torch.device, source: ImageSource | Non
     else:
         model, trained_size = load_method(ckpt, device)
     image_size = args.image_size or trained_size or DEFAULT_IMAGE_SIZE
-    if isinstance(model, BackboneEmbedder):  # a pretrained model sees the size it was made for
-        image_size = trained_size
+    if isinstance(model, Encoder):  # a pretrained model sees the size it was made for
+        image_size = model.image_size or image_size
     if source is None:
         source = image_source(args.images, image_size)
     emb = embed_source(

@@ -23,6 +23,7 @@ from contrastive import explore
 from contrastive.backbones import create_backbone
 from contrastive.cli import main as cli_main
 from contrastive.datamodules.triplets import read_triplet_manifest
+from contrastive.encoder import Encoder
 from contrastive.tools import triplets as tool
 from contrastive.tools.triplets import ChatDescriber, parse_phrases
 
@@ -135,7 +136,7 @@ def test_neighbor_pairs_are_among_the_k_nearest(image_set, tmp_path, capsys):
     # Brute force: the same seeded backbone, every similarity.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
-        model = explore.BackboneEmbedder(create_backbone("small_cnn")).eval()
+        model = Encoder(create_backbone("small_cnn")).eval()
     paths = sorted(image_set.glob("*/*.png"))
     source = explore.ImageSource([str(p) for p in paths], paths=paths)
     z = explore.embed_source(model, source, 32, torch.device("cpu"), progress=False).z

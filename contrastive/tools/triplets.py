@@ -532,6 +532,7 @@ def embed_items(items: list[Item], args: argparse.Namespace):
 
     from contrastive import explore
     from contrastive.backbones import BackboneWeightsError, UnknownBackboneError, create_backbone
+    from contrastive.encoder import Encoder
 
     device = explore.resolve_device(args.device)
     try:
@@ -543,7 +544,7 @@ def embed_items(items: list[Item], args: argparse.Namespace):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(args.seed)  # a random-init backbone is the same on every run
                 backbone = create_backbone(args.backbone, pretrained=weights)
-            model = explore.BackboneEmbedder(backbone).eval().to(device)
+            model = Encoder(backbone).eval().to(device)
             size = model.image_size
         image_size = args.image_size or size or explore.DEFAULT_IMAGE_SIZE
         source = explore.ImageSource([str(i.path) for i in items], paths=[i.path for i in items])
