@@ -187,7 +187,7 @@ def check_embed_is_backbone(method: LightningModule, preprocessing: Preprocessin
     except Exception as err:
         raise ExportError(
             f"the backbone does not run on a probe batch {tuple(views.shape)}: "
-            f"{type(err).__name__}: {str(err).splitlines()[0]}"
+            f"{type(err).__name__}: {_first_line(err)}"
         ) from None
     same_shape = represented.shape == features.shape
     if not same_shape or not torch.allclose(represented, features, rtol=1e-4, atol=1e-5):
@@ -254,16 +254,25 @@ def _write_onnx(encoder: Encoder, path: Path) -> None:
         )
     probe = _probe(encoder.preprocessing)
     batch = torch.export.Dim("batch")
-    torch.onnx.export(
-        encoder,
-        (probe,),
-        path,
-        input_names=["images"],
-        output_names=["features"],
-        dynamic_shapes=({0: batch},),
-        external_data=False,  # one file
-        verbose=False,
-    )
+    try:
+        torch.onnx.export(
+            encoder,
+            (probe,),
+            path,
+            input_names=["images"],
+            output_names=["features"],
+            dynamic_shapes=({0: batch},),
+            external_data=False,  # one file
+            verbose=False,
+        )
+    except Exception as err:  # the exporter's errors are many and long: their first line
+        raise ExportError(
+            f"torch.onnx.export failed: {type(err).__name__}: {_first_line(err)}"
+        ) from None
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [""])[0]
 
 
 def _jsonable(value):

@@ -367,3 +367,16 @@ def test_onnx_without_the_extra_is_one_line(cnn_run, tmp_path, capsys, monkeypat
     with pytest.raises(SystemExit):
         _export("--ckpt", _last(cnn_run), "--out", tmp_path / "x", "--format", "onnx")
     assert "--format onnx needs onnx: pip install 'contrastive[onnx]'" in capsys.readouterr().err
+
+
+def test_an_onnx_exporter_failure_is_one_line_and_leaves_nothing(cnn_run, tmp_path, monkeypatch):
+    def fails(*args, **kwargs):
+        raise RuntimeError("unsupported operator\n  a long exporter report")
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m: object())  # as if installed
+    monkeypatch.setattr(torch.onnx, "export", fails)
+    method = SimCLR.load_from_checkpoint(_last(cnn_run), weights_only=True)
+    with pytest.raises(ExportError) as info:
+        export_encoder(method, tmp_path / "x", data={"image_size": 32}, format="onnx")
+    assert str(info.value) == "torch.onnx.export failed: RuntimeError: unsupported operator"
+    assert os.listdir(tmp_path) == []  # neither the folder nor its staging copy
