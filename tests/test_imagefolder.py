@@ -25,7 +25,6 @@ from contrastive.datamodules.imagefolder import (
     ImageFolderError,
     PathArray,
     default_num_workers,
-    scan_images,
 )
 from contrastive.methods import SimCLR
 
@@ -194,6 +193,40 @@ def test_bank_is_a_seeded_draw_over_every_class_capped_by_num_bank(tmp_path):
 # ----------------------------------------------------------------------------- errors
 
 
+def test_links_are_followed_once_each_real_image_listed_once(tmp_path, caplog):
+    expected = write_class_tree(tmp_path / "train", per_class=4)
+    (tmp_path / "train" / "cat" / "loop").symlink_to(tmp_path / "train")  # back to the root
+    (tmp_path / "train" / "dog" / "deeper" / "up").symlink_to("..")
+    outside = tmp_path / "more_owls"
+    outside.mkdir()
+    (outside / "owl_9.png").write_bytes(image_bytes(CLASS_COLORS["owl"], "PNG"))
+    (tmp_path / "train" / "owl" / "more").symlink_to(outside)  # a real folder elsewhere: read
+    with caplog.at_level("INFO"):
+        module = data(tmp_path / "train", val_fraction=0.0)
+    train = items(module._datasets["train"])
+    assert sorted(item["path"] for item in train) == sorted(
+        [*map(str, expected), str(tmp_path / "train/owl/more/owl_9.png")]
+    )
+    for item in train:  # a link inside a class keeps the class of the folder it lies in
+        assert color_class(item["image"]) == module.class_names["class"][item["labels"]["class"]]
+    assert "2 links to files or folders listed already skipped" in caplog.text
+
+    # Unlabelled, a link to a sibling folder adds nothing: each file once, by its first path.
+    flat = tmp_path / "flat"
+    (flat / "a").mkdir(parents=True)
+    for i in range(3):
+        (flat / "a" / f"{i}.png").write_bytes(image_bytes((10 * i, 0, 0), "PNG"))
+    (flat / "b").symlink_to(flat / "a")
+    module = data(flat, labelled=False, val_fraction=0.0)
+    assert [item["path"] for item in items(module._datasets["train"])] == [
+        str(flat / "a" / f"{i}.png") for i in range(3)
+    ]
+    # Labelled, a class folder that is a link to another class is an empty class, so said.
+    (tmp_path / "train" / "kitten").symlink_to(tmp_path / "train" / "cat")
+    with pytest.raises(ImageFolderError, match="hold no images: kitten .a link to a folder"):
+        data(tmp_path / "train")
+
+
 def test_folder_without_images_is_a_one_line_error(tmp_path):
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "notes.txt").write_text("hello")
@@ -236,17 +269,6 @@ def test_layout_mistakes_are_one_line_errors(tmp_path):
 
 
 # ----------------------------------------------------------------------------- pieces
-
-
-def test_scan_is_sorted_recursive_and_counts_other_files(tmp_path):
-    expected = write_class_tree(tmp_path, per_class=3)
-    (tmp_path / "dog" / "UPPER.JPG").write_bytes(image_bytes((0, 0, 0), "JPEG"))
-    (tmp_path / "labels.csv").write_text("a,b")
-    (tmp_path / ".git").mkdir()
-    (tmp_path / ".git" / "x.png").write_bytes(b"")
-    images, ignored = scan_images(tmp_path)
-    assert sorted(images) == sorted([*expected, tmp_path / "dog" / "UPPER.JPG"])
-    assert images == scan_images(tmp_path)[0] and ignored == 1
 
 
 def test_path_array_round_trips_and_pickles():

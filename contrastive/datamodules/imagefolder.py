@@ -12,7 +12,9 @@ Layouts (``root`` is scanned once in ``setup``, recursively, in sorted order):
   file, is ImageNet's val layout: one flat folder and a file of ``filename,class`` lines.
 
 Images are files with a known image extension (``IMAGE_EXTENSIONS``, any case); other files
-(a README, a CSV) are counted and ignored, as are hidden files and folders. The format is
+(a README, a CSV) are counted and ignored, as are hidden files and folders. Links are followed
+once (:func:`~contrastive.files.scan_images`): a link back to a parent folder does not loop, and
+a file reached again through a link (a link to a sibling folder) is listed once. The format is
 then told by each file's bytes, and a file that cannot be used (corrupt, truncated, empty, not
 an image, above ``max_pixels``) becomes a :class:`Skipped`: it is dropped from its batch and
 counted, and the method warns once per epoch naming the first few. Decoding, resizing and
@@ -37,22 +39,8 @@ from contrastive.datamodules.common import (
     Tokenizer,
 )
 from contrastive.datamodules.images import DEFAULT_MAX_PIXELS, load_image
+from contrastive.files import IMAGE_EXTENSIONS, scan_images
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".jpg",
-    ".jpeg",
-    ".jfif",
-    ".png",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-    ".webp",
-    ".ppm",
-    ".pgm",
-    ".pbm",
-    ".pnm",
-)
 _LABEL = "class"  # the one attribute image folders label
 
 
@@ -71,24 +59,6 @@ def default_num_workers(processes: int = 1) -> int:
     """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(0, min(8, (cpus or 1) // max(1, processes) - 1))
-
-
-def scan_images(folder: Path) -> tuple[list[Path], int]:
-    """Every image file under ``folder``, sorted, and how many other files were ignored.
-
-    Hidden files and folders (names starting with ``.``) are neither listed nor counted.
-    """
-    images, ignored = [], 0
-    for directory, subdirs, files in os.walk(folder, followlinks=True):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                images.append(Path(directory, name))
-            else:
-                ignored += 1
-    return images, ignored
 
 
 def read_name_list(path: Path) -> list[str]:
@@ -260,6 +230,7 @@ class ImageFolderDataModule(BankQueryDataModule):
         self.tokenizer: Tokenizer | None = None  # image folders carry no captions
         self._classes: tuple[str, ...] = ()
         self._datasets: dict[str, ImageFolderDataset] = {}
+        self._repeated = 0  # links to files or folders scanned already, skipped
 
     # ---- what the method asks -----------------------------------------------------------
 
@@ -278,7 +249,8 @@ class ImageFolderDataModule(BankQueryDataModule):
     def _scan(self, folder: Path, what: str) -> tuple[list[Path], int]:
         if not folder.is_dir():
             raise ImageFolderError(f"{what} {folder} is not a folder")
-        images, ignored = scan_images(folder)
+        images, ignored, repeated = scan_images(folder)
+        self._repeated += repeated
         if not images:
             raise ImageFolderError(
                 f"no images in {what} {folder} (looked recursively for "
@@ -399,6 +371,12 @@ class ImageFolderDataModule(BankQueryDataModule):
                 raise ImageFolderError(
                     f"{len(empty)} class folders of {self.root} hold no images: "
                     f"{', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}"
+                    + (
+                        " (a link to a folder listed already adds none: its images are listed "
+                        "once, under the first name)"
+                        if self._repeated
+                        else ""
+                    )
                 )
         else:
             paths, ignored = self._scan(self.root, "root")
@@ -448,6 +426,11 @@ class ImageFolderDataModule(BankQueryDataModule):
         rank_zero_info(
             f"ImageFolderDataModule: {classes}{len(train_paths)} train, {len(bank)} bank and "
             f"{len(val_paths)} held-out images; {ignored} other files ignored"
+            + (
+                f"; {self._repeated} links to files or folders listed already skipped"
+                if self._repeated
+                else ""
+            )
         )
 
     # ---- loaders ------------------------------------------------------------------------
