@@ -21,7 +21,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, NamedTuple, TextIO
@@ -244,14 +244,16 @@ def read_rows(
 
 
 @contextmanager
-def atomic_writer(dest: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
+def atomic_writer(
+    dest: str | os.PathLike, binary: bool = False, check: Callable[[Path], None] | None = None
+) -> Iterator[IO]:
     """A file object whose content replaces ``dest`` only when the block ends without error.
 
     It writes ``.<name>.<random>.part`` in ``dest``'s folder, created like any new file (mode
-    0666 less the umask, as ``open`` gives), then flushes it to disk and renames it over
-    ``dest``: a reader sees the old file or the new one, never a part. On an error the
-    temporary file is removed and the error propagates; a kill leaves it for
-    :func:`remove_partial_files`.
+    0666 less the umask, as ``open`` gives), then flushes it to disk, calls ``check`` on it
+    (which may raise to reject it) and renames it over ``dest``: a reader sees the old file or
+    the new one, never a part. On an error the temporary file is removed and the error
+    propagates; a kill leaves it for :func:`remove_partial_files`.
     """
     dest = Path(dest)
     while True:
@@ -267,6 +269,8 @@ def atomic_writer(dest: str | os.PathLike, binary: bool = False) -> Iterator[IO]
             yield f
             f.flush()
             os.fsync(f.fileno())  # the rename must never publish unwritten blocks
+        if check is not None:
+            check(tmp)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)

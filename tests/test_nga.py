@@ -24,8 +24,8 @@ from contrastive.cli import main as cli_main
 from contrastive.datamodules import NGADataModule
 from contrastive.datamodules.common import DataError, Skipped
 from contrastive.datamodules.nga import METADATA_FIELDS, caption, century
-from contrastive.tools import nga
-from contrastive.tools.nga import url_under
+from contrastive.tools import nga, nga_catalog
+from contrastive.tools.fetch import url_under
 
 # The real tables' columns, in their order (NationalGalleryOfArt/opendata, data/*.csv).
 OBJECT_COLUMNS = (
@@ -72,7 +72,9 @@ class NGAServer:
     ``drop-once`` (half the body, then the connection closes; then ok), ``truncated`` (always
     half of the announced length), ``oversized`` (announced too large), ``oversized-stream``
     (too large, no Content-Length), ``html`` (wrong content type), ``corrupt`` (not a JPEG),
-    ``stall-once`` (half the body, then waits for ``release``; then ok).
+    ``stall-once`` (half the body, then waits for ``release``; then ok), ``redirect`` (a 302 to
+    the same size under ``/iiif/moved/``, as a IIIF server may send to its canonical URL),
+    ``redirect-out`` (a 302 to the CSVs, outside the image service).
     """
 
     def __init__(self) -> None:
@@ -99,9 +101,17 @@ class NGAServer:
                     body = server.csvs.get(self.path[len("/data/") :])
                     return self.reply(200, body, "text/csv") if body else self.reply(404, b"")
                 parts = self.path.split("/")  # ['', 'iiif', uuid, 'full', '!S,S', '0', ...]
-                uuid = parts[2] if len(parts) > 2 else ""
+                moved = len(parts) > 3 and parts[2] == "moved"
+                uuid = parts[3 if moved else 2] if len(parts) > 2 else ""
                 kind = server.kinds.get(uuid)
                 body = server.images.get(uuid, b"")
+                if kind == "redirect" and not moved:
+                    target = f"/iiif/moved/{uuid}/{'/'.join(parts[3:])}"
+                    return self.reply(302, b"", location=f"{server.url}{target}")
+                if kind == "redirect-out":
+                    return self.reply(302, b"", location=f"{server.url}/data/objects.csv")
+                if moved:
+                    kind = "ok"
                 if kind is None or kind == "404":
                     return self.reply(404, b"not found", "text/plain")
                 if kind == "500-once" and count == 1:
@@ -134,9 +144,13 @@ class NGAServer:
                     return self.reply(200, b"\xff\xd8\xff\xe0" + b"\x00" * 300, "image/jpeg")
                 return self.reply(200, body, "image/jpeg")
 
-            def reply(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
+            def reply(
+                self, status: int, body: bytes, content_type: str = "text/plain", location=None
+            ) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
+                if location is not None:
+                    self.send_header("Location", location)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -320,7 +334,7 @@ def test_end_to_end_every_failure_kind(server, tmp_path, capsys):
     assert f"nga: manifest {root / 'manifest.jsonl'} (5 images)" in out
     assert "nga: 11/11 images (5 downloaded, 0 already present, 6 failed)" in err
 
-    rows = nga.read_manifest(root)
+    rows = nga_catalog.read_manifest(root)
     assert [r["objectid"] for r in rows] == good
     first = rows[0]
     assert first == {
@@ -354,7 +368,7 @@ def test_a_second_run_resumes_and_fetches_only_what_is_missing(server, tmp_path,
     for oid in GOOD:  # kept, not fetched again
         assert server.requests[f"/iiif/{uuid_of(oid)}"] == before[f"/iiif/{uuid_of(oid)}"]
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
-    rows = nga.read_manifest(root)
+    rows = nga_catalog.read_manifest(root)
     assert [r["objectid"] for r in rows] == sorted([*GOOD, 105])
     assert (root / "manifest.jsonl").read_bytes().startswith(manifest.split(b"\n")[0])
 
@@ -373,7 +387,7 @@ def test_filters_limit_and_merging_runs_into_one_manifest(server, tmp_path, caps
     paintings = set(os.listdir(root / "images")) - {"2.jpg", "4.jpg"}
     assert len(paintings) == 2 and all(kinds[int(p[:-4])] == "Painting" for p in paintings)
     # The manifest holds both runs' images: the first run's rows were merged, not dropped.
-    rows = nga.read_manifest(root)
+    rows = nga_catalog.read_manifest(root)
     assert sorted(r["path"] for r in rows) == sorted(
         f"images/{p}" for p in os.listdir(root / "images")
     )
@@ -406,7 +420,10 @@ def test_a_csv_without_the_expected_columns_is_a_one_line_error(server, tmp_path
     server.csvs["objects.csv"] = b"id,name\n1,x\n"
     assert run_tool(server, tmp_path) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: objects.csv lacks the column(s) ['objectid', 'title'")
+    assert err == (
+        f"error: {tmp_path / 'csv' / 'objects.csv'}: no column 'objectid' (separator ','); its "
+        "columns are ['id', 'name']"
+    )
 
 
 def test_the_contrastive_data_command_dispatches_to_the_tool(server, tmp_path, capsys):
@@ -489,14 +506,14 @@ def test_ctrl_c_stops_cleanly_and_a_second_run_resumes(server, tmp_path, capsys)
     assert code == 130, err
     assert "run the same command again to resume" in err
     assert files_under(root / "images") == {f"{i}.jpg" for i in ids if i != 203}  # no .part
-    assert len(nga.read_manifest(root)) == len(ids) - 1  # what finished is in the manifest
+    assert len(nga_catalog.read_manifest(root)) == len(ids) - 1  # what finished is in the manifest
 
     assert run_tool(server, root) == 0
     out = capsys.readouterr().out
     assert f": 1 downloaded, {len(ids) - 1} already present, 0 failed" in out
     assert files_under(root / "images") == {f"{i}.jpg" for i in ids}
     assert (root / "images/203.jpg").read_bytes() == server.images[uuid_of(203)]
-    assert len(nga.read_manifest(root)) == len(ids)
+    assert len(nga_catalog.read_manifest(root)) == len(ids)
 
 
 def test_a_killed_run_leaves_no_partial_image_and_the_next_run_cleans_up(server, tmp_path):
@@ -519,6 +536,38 @@ def test_a_killed_run_leaves_no_partial_image_and_the_next_run_cleans_up(server,
     assert files_under(root / "images") == {f"{i}.jpg" for i in ids}  # the temp file is gone
 
 
+def test_redirects_under_the_image_base_are_followed_and_others_refused(server, tmp_path, capsys):
+    server.publish([{"objectid": 1, "kind": "redirect"}, {"objectid": 2, "kind": "redirect-out"}])
+    root = tmp_path / "nga"
+    assert run_tool(server, root) == 0
+    out = capsys.readouterr().out
+    # 1: to /iiif/moved/<uuid>/full/!48,48/0/default.jpg, under the base with IIIF's "!" and ",".
+    assert f"/iiif/moved/{uuid_of(1)}/full/!48,48/0/default.jpg" in server.paths
+    assert (root / "images/1.jpg").read_bytes() == server.images[uuid_of(1)]
+    # 2: to the CSVs, outside the image service: refused, not followed, not retried.
+    assert "1 failed (unsafe redirect: 1)" in out
+    assert f"failed objectid 2: unsafe redirect: {server.url}/iiif/{uuid_of(2)}/full/" in out
+    assert server.paths.count("/data/objects.csv") == 1  # only the tool's own fetch of it
+    assert not (root / "images/2.jpg").exists()
+
+
+def test_files_get_the_users_umask_like_any_other_tool(server, tmp_path):
+    server.publish([{"objectid": i} for i in (1, 2)])
+    old = os.umask(0o002)  # group-writable, as on a shared project folder
+    try:
+        (tmp_path / "reference").write_bytes(b"")  # what open() gives under this umask
+        assert run_tool(server, tmp_path / "nga") == 0
+    finally:
+        os.umask(old)
+    expected = (tmp_path / "reference").stat().st_mode & 0o777
+    assert expected == 0o664
+    written = [p for p in (tmp_path / "nga").rglob("*") if p.is_file()]
+    assert len(written) == 5  # two images, the manifest and the two tables
+    assert {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in written} == {
+        str(p.relative_to(tmp_path)): expected for p in written
+    }
+
+
 @pytest.mark.parametrize(
     "url, ok",
     [
@@ -537,6 +586,26 @@ def test_a_killed_run_leaves_no_partial_image_and_the_next_run_cleans_up(server,
         ("http://h:1@evil/iiif/a", False),
         ("http://evil/iiif/a", False),
         ("http://h:1/iiif/a\\..\\b", False),
+        # IIIF Image API 2 and 3: size, region, rotation, quality and escaped identifiers.
+        ("http://h:1/iiif/a/full/!512,512/0/default.jpg", True),
+        ("http://h:1/iiif/a/full/^!512,512/!90/default.jpg", True),
+        ("http://h:1/iiif/a/pct:10,10,80,80/pct:50/22.5/gray.png", True),
+        ("http://h:1/iiif/a/10,20,300,400/300,/0/default.webp", True),
+        ("http://h:1/iiif/ark:%2F12025%2F654xz321/full/max/0/default.jpg", True),
+        ("http://h:1/iiif/a%20b/info.json", True),
+        # Still out: escaped dots and slashes that climb, double escapes, path parameters,
+        # empty segments, control characters, a bare "?".
+        ("http://h:1/iiif/%2e%2e/data", False),
+        ("http://h:1/iiif/a%2F..%2F..%2Fdata", False),
+        ("http://h:1/iiif/a%2F%2Fb", False),
+        ("http://h:1/iiif/%252e%252e/data", False),
+        ("http://h:1/iiif/..;/data", False),
+        ("http://h:1/iiif/a;jsessionid=1/b", False),
+        ("http://h:1/iiif/a//b", False),
+        ("http://h:1/iiif/a%00/b", False),
+        ("http://h:1/iiif/a%5c..%5cb", False),
+        ("http://h:1/iiif/a?", False),
+        ("http://h:1/iiif/a%zz", False),
     ],
 )
 def test_url_under(url, ok):
@@ -555,7 +624,7 @@ def test_read_manifest_takes_no_path_unchecked(tmp_path):
     ]
     text = "\n".join(json.dumps(r) for r in rows) + "\nnot json\n"
     (tmp_path / "manifest.jsonl").write_text(text)
-    assert [r["path"] for r in nga.read_manifest(tmp_path)] == ["images/1.jpg"]
+    assert [r["path"] for r in nga_catalog.read_manifest(tmp_path)] == ["images/1.jpg"]
 
 
 # ---- the data module ---------------------------------------------------------------------
@@ -586,7 +655,7 @@ def make_folder(root: Path, n: int = 24, size: tuple[int, int] = (40, 30)) -> di
             "year": None if i % 5 == 4 else 1450 + 23 * i,
             "displaydate": "",
         }
-    nga.write_manifest(root, rows)
+    nga_catalog.write_manifest(root, rows)
     return rows
 
 
