@@ -9,7 +9,8 @@ the same behaviour:
   exponential backoff (:func:`backoff_delay`; ``Retry-After: N`` honoured up to
   ``max_backoff``); other statuses, a wrong content type and an oversized body are not.
 - Failures are :class:`FetchError` with a short ``reason`` the tools count them by.
-- A stop event (Ctrl-C) ends waits and reads at once, raising :class:`Interrupted`.
+- A stop event (Ctrl-C) ends retry waits and downloads at once, raising :class:`Interrupted`;
+  a JSON answer on its way is still read (it has been paid for).
 - Redirects may be confined under a base URL (:func:`url_under`).
 
 Only the standard library (``urllib``) does HTTP, one connection per request: connection
@@ -133,7 +134,8 @@ class Client:
         backoff: Seconds before the first retry, doubled for each next one.
         max_backoff: Longest wait between attempts, ``Retry-After`` included.
         redirect_base: Follow redirects only to URLs under this one; any when ``None``.
-        stop: When set, waits and reads in progress stop (raising :class:`Interrupted`).
+        stop: When set, retry waits and downloads stop (raising :class:`Interrupted`); no new
+            request starts.
 
     Attributes:
         requests: Requests sent so far, retries included.
@@ -219,7 +221,8 @@ class Client:
         def attempt() -> object:
             request = urllib.request.Request(url, data=body, headers=headers, method="POST")
             out = io.BytesIO()
-            self._read(self._open(request), out, max_bytes, None)
+            # Read to the end even when stopped: an answer on its way has been paid for.
+            self._read(self._open(request), out, max_bytes, None, interruptible=False)
             try:
                 return json.loads(out.getvalue())
             except ValueError:
@@ -264,9 +267,11 @@ class Client:
             raise FetchError("wrong content type", f"{got_type} from {url}")
         self._read(response, out, max_bytes, url)
 
-    def _read(self, response, out: BinaryIO, max_bytes: int, url: str | None) -> None:
+    def _read(
+        self, response, out: BinaryIO, max_bytes: int, url: str | None, interruptible=True
+    ) -> None:
         """Copy ``response``'s body to ``out``, checking its size against the cap and its
-        announced length; closes the response."""
+        announced length; closes the response. ``interruptible``: stop when ``stop`` is set."""
         url = url or response.geturl()
         with response:
             length_header = response.headers.get("Content-Length", "")
@@ -275,7 +280,7 @@ class Client:
                 raise FetchError("too large", f"{length} bytes > {max_bytes} from {url}")
             total = 0
             while True:
-                if self.stop.is_set():
+                if interruptible and self.stop.is_set():
                     raise Interrupted()
                 try:
                     chunk = response.read1(_CHUNK)  # one system call: stop is seen promptly
