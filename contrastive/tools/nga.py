@@ -68,6 +68,7 @@ from contrastive.tools.nga_catalog import (
     NGAError,
     check_jpeg,
     is_complete_jpeg,
+    read_manifest,
     select_artworks,
     write_manifest,
 )
@@ -202,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
     for folder in (root, csv_dir, images):
         folder.mkdir(parents=True, exist_ok=True)
         remove_partial_files(folder)
+    read_manifest(root)  # an unreadable manifest (TableError) stops the run before any download
     stop = threading.Event()
     http_settings = {
         "timeout": args.timeout,
