@@ -2,9 +2,9 @@
 
 - :func:`scan_images`: the image files under a folder, links followed once and never into a
   cycle, each real file listed once.
-- :func:`table_rows`, :func:`json_rows`, :func:`read_rows`: CSV/TSV tables and JSON lines, read as
-  UTF-8 (a byte-order mark allowed); a file that is not UTF-8 is one :class:`TableError` line
-  naming the file and the offset of its first bad byte.
+- :func:`table_rows`, :func:`json_rows`, :func:`read_rows`, :func:`read_text`: CSV/TSV tables,
+  JSON lines and plain text files, read as UTF-8 (a byte-order mark allowed); a file that is not
+  UTF-8 is one :class:`TableError` line naming the file and the offset of its first bad byte.
 - :func:`atomic_writer`: a file written to a temporary ``.<name>.*.part`` beside it, flushed
   to disk and renamed into place, with the permissions the user's umask gives any new file;
   :func:`remove_partial_files` clears what a killed run left.
@@ -169,6 +169,16 @@ def open_text(path: str | os.PathLike, errors: str = "strict") -> Iterator[TextI
             yield f
         except UnicodeDecodeError:
             raise TableError(_not_utf8(path)) from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The whole of a UTF-8 text file (a byte-order mark skipped), line endings as they are.
+
+    Raises:
+        TableError: The file is not UTF-8 (the message gives the first bad byte).
+    """
+    with open_text(path) as f:
+        return f.read()
 
 
 def table_rows(

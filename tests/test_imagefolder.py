@@ -151,6 +151,27 @@ def test_imagenet_val_layout_flat_folder_and_label_file(tmp_path):
         data(tmp_path / "train", val_root=val, val_labels=labels)
 
 
+def test_list_and_label_files_with_a_byte_order_mark_or_not_utf8(tmp_path):
+    write_class_tree(tmp_path / "train", per_class=2)
+    subset = tmp_path / "subset.txt"
+    subset.write_bytes(b"\xef\xbb\xbfowl\r\ndog\r\n")  # Windows Notepad's UTF-8
+    module = data(tmp_path / "train", subset=subset, val_fraction=0.0)
+    assert module.class_names == {"class": ("dog", "owl")}
+    val = tmp_path / "val"
+    val.mkdir()
+    (val / "a.jpg").write_bytes(image_bytes(CLASS_COLORS["cat"], "JPEG"))
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(b"\xef\xbb\xbfa.jpg,cat\n")  # the first line is a row, not a header
+    module = data(tmp_path / "train", val_root=val, val_labels=labels)
+    (item,) = items(module._datasets["query"])  # found: its name does not start with the BOM
+    assert item["path"] == str(val / "a.jpg") and item["labels"] == {"class": 0}
+    labels.write_bytes("a.jpg,cat  # 'café'\n".encode("latin-1"))
+    expected = f"{labels}: not UTF-8 text at byte 17 (0xe9); save it as UTF-8"
+    with pytest.raises(ImageFolderError) as err:
+        data(tmp_path / "train", val_root=val, val_labels=labels)
+    assert str(err.value) == expected
+
+
 def test_val_root_with_class_folders(tmp_path):
     write_class_tree(tmp_path / "train", per_class=2)
     write_class_tree(tmp_path / "val", per_class=1)

@@ -39,7 +39,7 @@ from contrastive.datamodules.common import (
     Tokenizer,
 )
 from contrastive.datamodules.images import DEFAULT_MAX_PIXELS, load_image
-from contrastive.files import IMAGE_EXTENSIONS, scan_images
+from contrastive.files import IMAGE_EXTENSIONS, TableError, read_text, scan_images
 
 _LABEL = "class"  # the one attribute image folders label
 
@@ -61,10 +61,18 @@ def default_num_workers(processes: int = 1) -> int:
     return max(0, min(8, (cpus or 1) // max(1, processes) - 1))
 
 
+def _text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 list or label file (a byte-order mark skipped)."""
+    try:
+        return read_text(path).splitlines()
+    except TableError as err:
+        raise ImageFolderError(str(err)) from None
+
+
 def read_name_list(path: Path) -> list[str]:
     """The names in a list file: one per line, blank lines and ``#`` comments skipped."""
     names = []
-    for line in Path(path).read_text().splitlines():
+    for line in _text_lines(path):
         line = line.split("#", 1)[0].strip()
         if line:
             names.append(line)
@@ -295,7 +303,7 @@ class ImageFolderDataModule(BankQueryDataModule):
         by_stem = {str(Path(name).with_suffix("")): p for name, p in by_name.items()}
         known = set(all_classes)
         paths, labels, listed = [], [], set()
-        lines = Path(self.val_labels).read_text().splitlines()
+        lines = _text_lines(self.val_labels)
         for number, line in enumerate(lines, start=1):
             fields = line.replace(",", " ").replace("\t", " ").split()
             if not fields or fields[0].startswith("#"):
