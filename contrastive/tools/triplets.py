@@ -41,8 +41,8 @@ field its own.
 interface; :class:`ChatDescriber` (``--describer chat --base-url URL --model NAME``) asks any
 OpenAI-compatible ``/chat/completions`` endpoint with both images inline, retrying timeouts,
 429 and 5xx. ``--workers N`` requests run at once (default 4), with a progress bar (rate and
-ETA) on stderr. Each answer is appended to a cache (``--cache``, default ``OUT`` with the
-suffix ``.answers.jsonl``) as it arrives, keyed by the two images' contents, the model and the
+ETA) on stderr. Each answer is appended to a cache (``--cache``, default ``t.answers.jsonl``
+beside ``--out t.jsonl``) as it arrives, keyed by the two images' contents, the model and the
 prompt: after Ctrl-C (exit 130), a kill or a crash, the same command asks only for the pairs
 not yet answered, and writes what an uninterrupted run would. Failed requests are not cached.
 
@@ -193,7 +193,8 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def cache_path(args: argparse.Namespace) -> Path:
-    """The describer's answer cache: ``--cache``, or ``OUT`` with ``.answers.jsonl``."""
+    """The describer's answer cache: ``--cache``, or beside ``--out`` with its stem and
+    ``.answers.jsonl`` (``t.answers.jsonl`` for ``t.jsonl``)."""
     return args.cache or args.out.with_name(f"{args.out.stem}.answers.jsonl")
 
 
@@ -365,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache",
         type=Path,
         metavar="FILE",
-        help="answers kept as they arrive, reused by a rerun (default: OUT.answers.jsonl)",
+        help="answers kept as they arrive, reused by a rerun (default: beside --out, "
+        "e.g. t.answers.jsonl for t.jsonl)",
     )
     return parser
 
