@@ -34,18 +34,18 @@ from torch.utils.data import Dataset
 
 from contrastive.datamodules.common import (
     BankQueryDataModule,
-    DataError,
     Skipped,
     Tokenizer,
 )
+from contrastive.datamodules.folder_lists import (
+    ImageFolderError,
+    classes_to_keep,
+    read_val_labels,
+)
 from contrastive.datamodules.images import DEFAULT_MAX_PIXELS, load_image
-from contrastive.files import IMAGE_EXTENSIONS, TableError, read_text, scan_images
+from contrastive.files import IMAGE_EXTENSIONS, scan_images
 
 _LABEL = "class"  # the one attribute image folders label
-
-
-class ImageFolderError(DataError):
-    """A folder, subset file or label file that cannot be used; the message is one line."""
 
 
 def default_num_workers(processes: int = 1) -> int:
@@ -59,24 +59,6 @@ def default_num_workers(processes: int = 1) -> int:
     """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(0, min(8, (cpus or 1) // max(1, processes) - 1))
-
-
-def _text_lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 list or label file (a byte-order mark skipped)."""
-    try:
-        return read_text(path).splitlines()
-    except TableError as err:
-        raise ImageFolderError(str(err)) from None
-
-
-def read_name_list(path: Path) -> list[str]:
-    """The names in a list file: one per line, blank lines and ``#`` comments skipped."""
-    names = []
-    for line in _text_lines(path):
-        line = line.split("#", 1)[0].strip()
-        if line:
-            names.append(line)
-    return names
 
 
 class PathArray:
@@ -299,59 +281,10 @@ class ImageFolderDataModule(BankQueryDataModule):
     ) -> tuple[list[Path], list[int], int]:
         """ImageNet's val layout: a flat ``val_root`` and the ``val_labels`` file."""
         images, ignored = self._scan(self.val_root, "val_root")
-        by_name = {p.relative_to(self.val_root).as_posix(): p for p in images}
-        by_stem = {str(Path(name).with_suffix("")): p for name, p in by_name.items()}
-        known = set(all_classes)
-        paths, labels, listed = [], [], set()
-        lines = _text_lines(self.val_labels)
-        for number, line in enumerate(lines, start=1):
-            fields = line.replace(",", " ").replace("\t", " ").split()
-            if not fields or fields[0].startswith("#"):
-                continue
-            if len(fields) < 2:
-                raise ImageFolderError(
-                    f"{self.val_labels}:{number}: expected 'filename,class', got {line!r}"
-                )
-            filename, label = fields[0], fields[1]
-            if label.isdigit() and label not in known:
-                if int(label) >= len(all_classes):
-                    raise ImageFolderError(
-                        f"{self.val_labels}:{number}: class index {label} out of range for "
-                        f"{len(all_classes)} class folders in {self.root}"
-                    )
-                label = all_classes[int(label)]
-            if label not in known:
-                if number == 1:
-                    continue  # a header line
-                raise ImageFolderError(
-                    f"{self.val_labels}:{number}: class {label!r} is not a class folder of "
-                    f"{self.root}"
-                )
-            path = by_name.get(filename) or by_stem.get(filename) or self.val_root / filename
-            listed.add(path)
-            if label in keep:
-                paths.append(path)  # a listed file that is missing is skipped when read
-                labels.append(keep[label])
-        if not listed:
-            raise ImageFolderError(f"no 'filename,class' lines in {self.val_labels}")
-        unlisted = sum(1 for p in images if p not in listed)
+        paths, labels, unlisted = read_val_labels(
+            self.val_labels, self.val_root, images, self.root, all_classes, keep
+        )
         return paths, labels, ignored + unlisted
-
-    def _classes_to_keep(self, all_classes: list[str]) -> list[str]:
-        if self.subset is None:
-            return all_classes
-        if not self.subset.is_file():
-            raise ImageFolderError(f"subset file {self.subset} does not exist")
-        wanted = read_name_list(self.subset)
-        missing = sorted(set(wanted) - set(all_classes))
-        if missing:
-            raise ImageFolderError(
-                f"subset {self.subset} names {len(missing)} classes with no folder in "
-                f"{self.root}: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}"
-            )
-        if not wanted:
-            raise ImageFolderError(f"subset file {self.subset} lists no classes")
-        return sorted(set(wanted))
 
     def setup(self, stage: str | None = None) -> None:
         """Scan the folders (once; sorted, so every process agrees) and build the datasets."""
@@ -370,7 +303,7 @@ class ImageFolderDataModule(BankQueryDataModule):
                     f"no class folders in {self.root}; pass labelled=False to use its images "
                     "without labels"
                 )
-            self._classes = tuple(self._classes_to_keep(all_classes))
+            self._classes = tuple(classes_to_keep(self.subset, all_classes, self.root))
             keep = {name: i for i, name in enumerate(self._classes)}
             paths, labels, ignored = self._labelled_images(self.root, "root", keep)
             present = {path.relative_to(self.root).parts[0] for path in paths}
