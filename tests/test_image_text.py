@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from contrastive import distributed
+from contrastive.cli import main as cli_main
 from contrastive.datamodules import ImageTextDataModule
 from contrastive.datamodules.common import Collate, DataError, Skipped
 from contrastive.datamodules.image_text import (
@@ -71,6 +72,33 @@ def test_column_names_and_separator_are_settings_and_a_wrong_column_is_one_line(
         read_caption_table(path)
     with pytest.raises(DataError, match="not found"):
         read_caption_table(tmp_path / "nope.csv")
+
+
+def test_a_table_with_a_byte_order_mark_reads_as_one_without(tmp_path):
+    path = _table(tmp_path)
+    plain = read_caption_table(path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as Excel's "CSV UTF-8" saves it
+    assert read_caption_table(path) == plain
+
+
+def test_a_table_that_is_not_utf8_is_one_line_naming_the_file_and_byte(
+    tmp_path, monkeypatch, capsys
+):
+    path = _table(tmp_path)
+    data = path.read_bytes().replace(b"number 3", "numéro 3".encode("latin-1"))
+    path.write_bytes(data)
+    offset = data.index(b"\xe9")
+    expected = f"{path}: not UTF-8 text at byte {offset} (0xe9); save it as UTF-8"
+    with pytest.raises(DataError) as err:
+        read_caption_table(path)
+    assert str(err.value) == expected
+    monkeypatch.chdir(tmp_path)  # through the command: one line, no traceback
+    args = ["fit", "--model=SimCLR", "--data=ImageTextDataModule", f"--data.train={path}"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*args, "--model.backbone_kwargs={width: 4}", "--trainer.max_steps=1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"error: {expected}"
 
 
 def _shards(root, count: int, per_shard: int = 5) -> list[str]:

@@ -25,7 +25,6 @@ from contrastive.datamodules.imagefolder import (
     ImageFolderError,
     PathArray,
     default_num_workers,
-    scan_images,
 )
 from contrastive.methods import SimCLR
 
@@ -103,55 +102,6 @@ def test_held_out_split_is_deterministic_by_seed(tmp_path):
     assert len(data(tmp_path)._datasets["query"]) == 2  # the default: 5 percent of 30
 
 
-def test_subset_file_keeps_and_renumbers_classes(tmp_path):
-    write_class_tree(tmp_path / "train", per_class=3)
-    subset = tmp_path / "subset.txt"
-    subset.write_text("# two of three\nowl\n\ndog  # trailing comment\n")
-    module = data(tmp_path / "train", subset=subset, val_fraction=0.0)
-    assert module.class_names == {"class": ("dog", "owl")}
-    train = items(module._datasets["train"])
-    assert len(train) == 6
-    for item in train:
-        assert color_class(item["image"]) == ("dog", "owl")[item["labels"]["class"]]
-
-    subset.write_text("owl\nzebra\n")
-    with pytest.raises(ImageFolderError, match="names 1 classes with no folder in .*: zebra"):
-        data(tmp_path / "train", subset=subset)
-
-
-def test_imagenet_val_layout_flat_folder_and_label_file(tmp_path):
-    write_class_tree(tmp_path / "train", per_class=2)
-    val = tmp_path / "val"
-    val.mkdir()
-    truth = {"v1": "owl", "v2": "cat", "v3": "dog", "v4": "cat", "v5": "owl"}
-    for name, cls in truth.items():
-        (val / f"ILSVRC_{name}.JPEG").write_bytes(image_bytes(CLASS_COLORS[cls], "JPEG"))
-    (val / "ILSVRC_unlisted.JPEG").write_bytes(image_bytes(CLASS_COLORS["cat"], "JPEG"))
-    labels = tmp_path / "LOC_val_solution.csv"  # ImageNet's form: header, stems, boxes
-    rows = [f"ILSVRC_{n},{c} 1 2 3 4 {c} 5 6 7 8" for n, c in truth.items() if n != "v5"]
-    labels.write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\nILSVRC_gone,dog 1\n")
-    module = data(tmp_path / "train", val_root=val, val_labels=labels)
-    query = module._datasets["query"]
-    assert len(query) == 5  # four listed images and one listed but missing file
-    got = items(query)
-    assert got[-1] == Skipped(str(val / "ILSVRC_gone"), "missing file")
-    for item in got[:-1]:
-        assert color_class(item["image"]) == module.class_names["class"][item["labels"]["class"]]
-    assert len(module._datasets["train"]) == 6  # val_root: nothing held out of root
-
-    # Caffe's val.txt: full file names and class indices into the sorted folders; subset.
-    labels.write_text("ILSVRC_v1.JPEG 2\nILSVRC_v2.JPEG 0\nILSVRC_v3.JPEG 1\n")
-    subset = tmp_path / "subset.txt"
-    subset.write_text("cat\nowl\n")
-    module = data(tmp_path / "train", val_root=val, val_labels=labels, subset=subset)
-    got = items(module._datasets["query"])
-    assert [module.class_names["class"][i["labels"]["class"]] for i in got] == ["owl", "cat"]
-
-    labels.write_text("ILSVRC_v1.JPEG owl\nILSVRC_v2.JPEG zebra\n")
-    with pytest.raises(ImageFolderError, match=r"LOC_val_solution.csv:2: class 'zebra'"):
-        data(tmp_path / "train", val_root=val, val_labels=labels)
-
-
 def test_val_root_with_class_folders(tmp_path):
     write_class_tree(tmp_path / "train", per_class=2)
     write_class_tree(tmp_path / "val", per_class=1)
@@ -192,6 +142,40 @@ def test_bank_is_a_seeded_draw_over_every_class_capped_by_num_bank(tmp_path):
 
 
 # ----------------------------------------------------------------------------- errors
+
+
+def test_links_are_followed_once_each_real_image_listed_once(tmp_path, caplog):
+    expected = write_class_tree(tmp_path / "train", per_class=4)
+    (tmp_path / "train" / "cat" / "loop").symlink_to(tmp_path / "train")  # back to the root
+    (tmp_path / "train" / "dog" / "deeper" / "up").symlink_to("..")
+    outside = tmp_path / "more_owls"
+    outside.mkdir()
+    (outside / "owl_9.png").write_bytes(image_bytes(CLASS_COLORS["owl"], "PNG"))
+    (tmp_path / "train" / "owl" / "more").symlink_to(outside)  # a real folder elsewhere: read
+    with caplog.at_level("INFO"):
+        module = data(tmp_path / "train", val_fraction=0.0)
+    train = items(module._datasets["train"])
+    assert sorted(item["path"] for item in train) == sorted(
+        [*map(str, expected), str(tmp_path / "train/owl/more/owl_9.png")]
+    )
+    for item in train:  # a link inside a class keeps the class of the folder it lies in
+        assert color_class(item["image"]) == module.class_names["class"][item["labels"]["class"]]
+    assert "2 links to files or folders listed already skipped" in caplog.text
+
+    # Unlabelled, a link to a sibling folder adds nothing: each file once, by its first path.
+    flat = tmp_path / "flat"
+    (flat / "a").mkdir(parents=True)
+    for i in range(3):
+        (flat / "a" / f"{i}.png").write_bytes(image_bytes((10 * i, 0, 0), "PNG"))
+    (flat / "b").symlink_to(flat / "a")
+    module = data(flat, labelled=False, val_fraction=0.0)
+    assert [item["path"] for item in items(module._datasets["train"])] == [
+        str(flat / "a" / f"{i}.png") for i in range(3)
+    ]
+    # Labelled, a class folder that is a link to another class is an empty class, so said.
+    (tmp_path / "train" / "kitten").symlink_to(tmp_path / "train" / "cat")
+    with pytest.raises(ImageFolderError, match="hold no images: kitten .a link to a folder"):
+        data(tmp_path / "train")
 
 
 def test_folder_without_images_is_a_one_line_error(tmp_path):
@@ -236,17 +220,6 @@ def test_layout_mistakes_are_one_line_errors(tmp_path):
 
 
 # ----------------------------------------------------------------------------- pieces
-
-
-def test_scan_is_sorted_recursive_and_counts_other_files(tmp_path):
-    expected = write_class_tree(tmp_path, per_class=3)
-    (tmp_path / "dog" / "UPPER.JPG").write_bytes(image_bytes((0, 0, 0), "JPEG"))
-    (tmp_path / "labels.csv").write_text("a,b")
-    (tmp_path / ".git").mkdir()
-    (tmp_path / ".git" / "x.png").write_bytes(b"")
-    images, ignored = scan_images(tmp_path)
-    assert sorted(images) == sorted([*expected, tmp_path / "dog" / "UPPER.JPG"])
-    assert images == scan_images(tmp_path)[0] and ignored == 1
 
 
 def test_path_array_round_trips_and_pickles():

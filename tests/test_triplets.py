@@ -116,6 +116,29 @@ def test_a_csv_manifest_skips_bad_rows_and_a_missing_column_is_one_line(tmp_path
     assert str(err.value).startswith(f"{tmp_path / 'no_text.csv'}: no column 'text'")
 
 
+def test_a_byte_order_mark_is_read_past_and_a_file_not_utf8_is_one_line(tmp_path):
+    _images(tmp_path)
+    row = {"image_a": "img/0.png", "image_b": "img/1.png", "text": "même couleur"}
+    for name in ("bom.jsonl", "bom.csv"):
+        path = tmp_path / name
+        body = (
+            json.dumps(row, ensure_ascii=False) + "\n"
+            if name.endswith("jsonl")
+            else f"{','.join(row)}\n"
+        )
+        if name.endswith("csv"):
+            body += ",".join(row.values()) + "\n"
+        path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+        rows, skipped = read_triplet_manifest(path)  # the first line or header is whole
+        assert [r.text for r in rows] == ["même couleur"] and skipped == [], name
+        data = path.read_bytes().replace("même".encode(), "même".encode("cp1252"))
+        path.write_bytes(data)
+        offset = data.index(b"\xea")
+        with pytest.raises(DataError) as err:
+            read_triplet_manifest(path)
+        assert str(err.value) == f"{path}: not UTF-8 text at byte {offset} (0xea); save it as UTF-8"
+
+
 def test_a_tsv_manifest_is_read_with_tabs(tmp_path):
     path = tmp_path / "pairs.tsv"
     _images(tmp_path)

@@ -3,14 +3,9 @@ write, and the chat describer against a loopback stub of an OpenAI-compatible se
 
 from __future__ import annotations
 
-import base64
 import csv
-import io
 import json
-import threading
-import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +20,6 @@ from contrastive.cli import main as cli_main
 from contrastive.datamodules.triplets import read_triplet_manifest
 from contrastive.encoder import Encoder
 from contrastive.tools import triplets as tool
-from contrastive.tools.triplets import ChatDescriber, parse_phrases
 
 CLASSES = {"cat": (200, 60, 40), "dog": (40, 160, 60), "bird": (50, 70, 210)}
 COLORS = ("red", "green", "blue")
@@ -247,212 +241,6 @@ def test_the_contrastive_data_command_runs_the_tool(image_set, tmp_path, capsys)
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["data", "triplets", "--images", str(tmp_path / "nope"), "--out", str(out)])
     assert exit_info.value.code == 2
-
-
-# ---- the describer against a stub server ---------------------------------------------------
-
-GOOD = ["same color", "both are squares"]
-
-
-class ChatServer:
-    """An OpenAI-compatible ``/v1/chat/completions`` on 127.0.0.1 answering by a plan.
-
-    Each request takes the next entry of ``plan`` (the last one repeats): ``("ok", content)``,
-    ``"500"``, ``"429"`` (``Retry-After: retry_after``), ``"400"``, or ``"delay"`` (answers
-    only after ``delay`` seconds, longer than the client's timeout).
-    """
-
-    def __init__(self) -> None:
-        self.plan: list = [("ok", json.dumps(GOOD))]
-        self.requests: list[tuple[dict, dict]] = []  # (headers, body)
-        self.retry_after = "0"
-        self.delay = 1.0
-        self.release = threading.Event()
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.requests.append((dict(self.headers), body))
-                    step = server.plan.pop(0) if len(server.plan) > 1 else server.plan[0]
-                if self.path != "/v1/chat/completions":
-                    return self.reply(404, b"{}")
-                if step == "delay":
-                    server.release.wait(server.delay)
-                    step = ("ok", json.dumps(GOOD))
-                if step in ("500", "400"):
-                    return self.reply(int(step), b'{"error": "no"}')
-                if step == "429":
-                    return self.reply(429, b'{"error": "slow down"}', server.retry_after)
-                answer = {"choices": [{"message": {"role": "assistant", "content": step[1]}}]}
-                return self.reply(200, json.dumps(answer).encode())
-
-            def reply(self, status: int, body: bytes, retry_after: str | None = None) -> None:
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    if retry_after is not None:
-                        self.send_header("Retry-After", retry_after)
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:  # the client timed out and left
-                    pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request, client_address) -> None:  # quiet
-                pass
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        thread.start()
-
-    def close(self) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def chat(monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")  # never send loopback to a proxy
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    server = ChatServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def two_images(tmp_path) -> tuple[Path, Path]:
-    a, b = tmp_path / "a.png", tmp_path / "b.jpg"
-    _picture(a, (200, 40, 40), 0)
-    _picture(b, (40, 40, 200), 1)
-    return a, b
-
-
-def _describer(chat: ChatServer, **kwargs) -> ChatDescriber:
-    settings = {"api_key": "sk-test", "timeout": 5.0, "retries": 2, "backoff": 0.01} | kwargs
-    return ChatDescriber(chat.url, "vision-model", **settings)
-
-
-def test_the_request_names_the_model_and_carries_both_images(chat, two_images):
-    describer = _describer(chat, max_tokens=64)
-    assert describer.describe(*two_images) == GOOD
-    (headers, body), *_ = chat.requests
-    assert headers["Authorization"] == "Bearer sk-test"
-    assert headers["Content-Type"] == "application/json"
-    assert body["model"] == "vision-model" and body["max_tokens"] == 64
-    (message,) = body["messages"]
-    assert message["role"] == "user"
-    text, *images = message["content"]
-    assert text["type"] == "text" and "JSON list" in text["text"]
-    assert [part["type"] for part in images] == ["image_url", "image_url"]
-    for part, path in zip(images, two_images, strict=True):
-        url = part["image_url"]["url"]
-        assert url.startswith("data:image/jpeg;base64,")
-        data = base64.b64decode(url.split(",", 1)[1])
-        assert data[:3] == b"\xff\xd8\xff"  # a JPEG, also for the PNG
-        with Image.open(io.BytesIO(data)) as decoded, Image.open(path) as original:
-            assert decoded.size == original.size
-    assert "Authorization" not in _sent_headers(chat, two_images, api_key=None)
-
-
-def _sent_headers(chat: ChatServer, images, **kwargs) -> dict:
-    _describer(chat, **kwargs).describe(*images)
-    return chat.requests[-1][0]
-
-
-@pytest.mark.parametrize(
-    ("content", "phrases", "reason"),
-    [
-        ('```json\n["same color", "both round"]\n```', ["same color", "both round"], None),
-        ('["same color", " same color ", "", "both round"]', ["same color", "both round"], None),
-        ("They are both red.", None, "malformed answer"),
-        ('{"phrases": ["red"]}', None, "malformed answer"),
-        ('["red", 3]', None, "malformed answer"),
-        ("[]", None, "empty answer"),
-    ],
-)
-def test_answers_are_parsed_or_skipped_with_a_reason(chat, two_images, content, phrases, reason):
-    chat.plan = [("ok", content)]
-    describer = _describer(chat)
-    assert describer.describe(*two_images) == phrases
-    assert parse_phrases(content) == (phrases if reason != "empty answer" else [])
-    if reason is not None:
-        assert describer.reason == reason
-    assert describer.requests == 1
-
-
-def test_retries_honour_retry_after_and_give_up_on_other_4xx(chat, two_images, monkeypatch):
-    sleeps: list[float] = []
-    monkeypatch.setattr(time, "sleep", sleeps.append)  # the stub server never sleeps
-    chat.plan, chat.retry_after = ["500", "429", ("ok", json.dumps(GOOD))], "3"
-    describer = _describer(chat, backoff=0.01)
-    assert describer.describe(*two_images) == GOOD
-    assert describer.requests == 3 and sleeps == [0.01, 3.0]  # backoff, then Retry-After
-    chat.plan = ["500"]
-    assert describer.describe(*two_images) is None and describer.reason == "http 500"
-    assert describer.requests == 3 + 3  # the first try and 2 retries
-    chat.plan = ["400", ("ok", json.dumps(GOOD))]
-    assert describer.describe(*two_images) is None and describer.reason == "http 400"
-    assert describer.requests == 7  # not retried
-    assert describer.describe(two_images[0], two_images[0].parent / "gone.png") is None
-    assert describer.reason == "unreadable image" and describer.requests == 7  # none sent
-
-
-def test_a_request_slower_than_the_timeout_is_retried(chat, two_images):
-    chat.plan = ["delay", ("ok", json.dumps(["same size"]))]
-    describer = _describer(chat, timeout=0.3)
-    assert describer.describe(*two_images) == ["same size"]
-    assert describer.requests >= 2  # 2, or more if a loaded machine made the answer slow too
-    chat.plan = ["delay"]
-    slow = _describer(chat, timeout=0.3, retries=1)
-    assert slow.describe(*two_images) is None and slow.reason == "timeout"
-
-
-def test_the_tool_describes_random_pairs_and_counts_what_failed(
-    chat, image_set, tmp_path, capsys, monkeypatch
-):
-    monkeypatch.setenv("TEST_API_KEY", "sk-from-env")
-    two = json.dumps(GOOD)
-    chat.plan = [
-        ("ok", two),
-        ("ok", f"```json\n{two}\n```"),
-        ("ok", "garbage"),
-        "500",
-        ("ok", two),
-        "429",  # Retry-After: 0
-        ("ok", two),
-        "400",
-        ("ok", two),
-    ]
-    out = tmp_path / "described.jsonl"
-    args = ["--images", image_set, "--pairs", "random", "--num-pairs", "8", "--out", out]
-    chat_args = ["--describer", "chat", "--base-url", chat.url, "--model", "vision-model"]
-    settings = ["--api-key-env", "TEST_API_KEY", "--timeout", "5", "--backoff", "0.01"]
-    assert _run(*args, *chat_args, *settings) == 0
-    summary = capsys.readouterr().out
-    # Pairs 1, 2, 4, 5, 7, 8 are described (two phrases each); 3 is garbage; 6 got a 400.
-    assert summary.strip() == (
-        f"triplets: made 12 rows in {out} (random 12); skipped 2 (malformed answer: 1, http 400: 1)"
-    )
-    assert len(chat.requests) == 10  # 8 pairs, and one retry after the 500 and the 429
-    assert {h["Authorization"] for h, _ in chat.requests} == {"Bearer sk-from-env"}
-    rows, _ = read_triplet_manifest(out)
-    assert {r.condition for r in rows} == {"described"}
-    assert Counter(r.text for r in rows) == {"same color": 6, "both are squares": 6}
-    pairs = [(r.image_a, r.image_b) for r in rows]
-    assert pairs[0::2] == pairs[1::2]  # each pair gives one row per phrase
 
 
 def test_neighbor_pairs_with_a_trained_checkpoint(image_set, tmp_path, monkeypatch, capsys):

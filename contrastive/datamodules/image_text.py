@@ -20,7 +20,6 @@ Captions are tokenized in the loader workers with the method's tokenizer (see
 
 from __future__ import annotations
 
-import csv
 import glob
 import io
 import itertools
@@ -39,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from contrastive import distributed
 from contrastive.datamodules.common import Collate, DataError, Skipped, Tokenizer
 from contrastive.datamodules.images import DEFAULT_MAX_PIXELS, decode_image, load_image
+from contrastive.files import TableError, table_rows
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
 
@@ -54,30 +54,25 @@ def read_caption_table(
 ) -> list[tuple[str, str, str]]:
     """``(image path, caption, "table.csv:LINE")`` for each row of a CSV/TSV file.
 
-    Rows are kept as they are (bad ones are skipped when read, and counted then).
+    Rows are kept as they are (bad ones are skipped when read, and counted then). The file is
+    UTF-8, a byte-order mark allowed (:func:`contrastive.files.table_rows`).
 
     Raises:
-        DataError: the file is missing or empty, or lacks a named column (the message lists
-            the columns it has).
+        DataError: the file is missing, empty or not UTF-8 (the message gives the offset of the
+            first bad byte), or lacks a named column (the message lists the columns it has).
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"caption table not found: {path}")
-    separator = separator or ("\t" if path.suffix.lower() == ".tsv" else ",")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=separator)
-        columns = reader.fieldnames or []
-        missing = [c for c in (image_column, caption_column) if c not in columns]
-        if missing:
-            raise DataError(
-                f"{path}: no column {missing[0]!r} (separator {separator!r}); its columns are "
-                f"{columns}; set image_column / caption_column / separator"
-            )
-        rows = []
-        for line, row in enumerate(reader, start=2):  # line 1 is the header
+    hint = "; set image_column / caption_column / separator"
+    rows = []
+    try:
+        for line, row in table_rows(path, separator, (image_column, caption_column), hint):
             image = (row.get(image_column) or "").strip()
             resolved = str(path.parent / image) if image else ""
             rows.append((resolved, (row.get(caption_column) or "").strip(), f"{path}:{line}"))
+    except TableError as err:
+        raise DataError(str(err)) from None
     if not rows:
         raise DataError(f"{path}: no rows after the header")
     return rows

@@ -12,7 +12,9 @@ Layouts (``root`` is scanned once in ``setup``, recursively, in sorted order):
   file, is ImageNet's val layout: one flat folder and a file of ``filename,class`` lines.
 
 Images are files with a known image extension (``IMAGE_EXTENSIONS``, any case); other files
-(a README, a CSV) are counted and ignored, as are hidden files and folders. The format is
+(a README, a CSV) are counted and ignored, as are hidden files and folders. Links are followed
+once (:func:`~contrastive.files.scan_images`): a link back to a parent folder does not loop, and
+a file reached again through a link (a link to a sibling folder) is listed once. The format is
 then told by each file's bytes, and a file that cannot be used (corrupt, truncated, empty, not
 an image, above ``max_pixels``) becomes a :class:`Skipped`: it is dropped from its batch and
 counted, and the method warns once per epoch naming the first few. Decoding, resizing and
@@ -32,32 +34,18 @@ from torch.utils.data import Dataset
 
 from contrastive.datamodules.common import (
     BankQueryDataModule,
-    DataError,
     Skipped,
     Tokenizer,
 )
-from contrastive.datamodules.images import DEFAULT_MAX_PIXELS, load_image
-
-IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".jpg",
-    ".jpeg",
-    ".jfif",
-    ".png",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-    ".webp",
-    ".ppm",
-    ".pgm",
-    ".pbm",
-    ".pnm",
+from contrastive.datamodules.folder_lists import (
+    ImageFolderError,
+    classes_to_keep,
+    read_val_labels,
 )
+from contrastive.datamodules.images import DEFAULT_MAX_PIXELS, load_image
+from contrastive.files import IMAGE_EXTENSIONS, scan_images
+
 _LABEL = "class"  # the one attribute image folders label
-
-
-class ImageFolderError(DataError):
-    """A folder, subset file or label file that cannot be used; the message is one line."""
 
 
 def default_num_workers(processes: int = 1) -> int:
@@ -71,34 +59,6 @@ def default_num_workers(processes: int = 1) -> int:
     """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(0, min(8, (cpus or 1) // max(1, processes) - 1))
-
-
-def scan_images(folder: Path) -> tuple[list[Path], int]:
-    """Every image file under ``folder``, sorted, and how many other files were ignored.
-
-    Hidden files and folders (names starting with ``.``) are neither listed nor counted.
-    """
-    images, ignored = [], 0
-    for directory, subdirs, files in os.walk(folder, followlinks=True):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                images.append(Path(directory, name))
-            else:
-                ignored += 1
-    return images, ignored
-
-
-def read_name_list(path: Path) -> list[str]:
-    """The names in a list file: one per line, blank lines and ``#`` comments skipped."""
-    names = []
-    for line in Path(path).read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            names.append(line)
-    return names
 
 
 class PathArray:
@@ -260,6 +220,7 @@ class ImageFolderDataModule(BankQueryDataModule):
         self.tokenizer: Tokenizer | None = None  # image folders carry no captions
         self._classes: tuple[str, ...] = ()
         self._datasets: dict[str, ImageFolderDataset] = {}
+        self._repeated = 0  # links to files or folders scanned already, skipped
 
     # ---- what the method asks -----------------------------------------------------------
 
@@ -278,7 +239,8 @@ class ImageFolderDataModule(BankQueryDataModule):
     def _scan(self, folder: Path, what: str) -> tuple[list[Path], int]:
         if not folder.is_dir():
             raise ImageFolderError(f"{what} {folder} is not a folder")
-        images, ignored = scan_images(folder)
+        images, ignored, repeated = scan_images(folder)
+        self._repeated += repeated
         if not images:
             raise ImageFolderError(
                 f"no images in {what} {folder} (looked recursively for "
@@ -319,59 +281,10 @@ class ImageFolderDataModule(BankQueryDataModule):
     ) -> tuple[list[Path], list[int], int]:
         """ImageNet's val layout: a flat ``val_root`` and the ``val_labels`` file."""
         images, ignored = self._scan(self.val_root, "val_root")
-        by_name = {p.relative_to(self.val_root).as_posix(): p for p in images}
-        by_stem = {str(Path(name).with_suffix("")): p for name, p in by_name.items()}
-        known = set(all_classes)
-        paths, labels, listed = [], [], set()
-        lines = Path(self.val_labels).read_text().splitlines()
-        for number, line in enumerate(lines, start=1):
-            fields = line.replace(",", " ").replace("\t", " ").split()
-            if not fields or fields[0].startswith("#"):
-                continue
-            if len(fields) < 2:
-                raise ImageFolderError(
-                    f"{self.val_labels}:{number}: expected 'filename,class', got {line!r}"
-                )
-            filename, label = fields[0], fields[1]
-            if label.isdigit() and label not in known:
-                if int(label) >= len(all_classes):
-                    raise ImageFolderError(
-                        f"{self.val_labels}:{number}: class index {label} out of range for "
-                        f"{len(all_classes)} class folders in {self.root}"
-                    )
-                label = all_classes[int(label)]
-            if label not in known:
-                if number == 1:
-                    continue  # a header line
-                raise ImageFolderError(
-                    f"{self.val_labels}:{number}: class {label!r} is not a class folder of "
-                    f"{self.root}"
-                )
-            path = by_name.get(filename) or by_stem.get(filename) or self.val_root / filename
-            listed.add(path)
-            if label in keep:
-                paths.append(path)  # a listed file that is missing is skipped when read
-                labels.append(keep[label])
-        if not listed:
-            raise ImageFolderError(f"no 'filename,class' lines in {self.val_labels}")
-        unlisted = sum(1 for p in images if p not in listed)
+        paths, labels, unlisted = read_val_labels(
+            self.val_labels, self.val_root, images, self.root, all_classes, keep
+        )
         return paths, labels, ignored + unlisted
-
-    def _classes_to_keep(self, all_classes: list[str]) -> list[str]:
-        if self.subset is None:
-            return all_classes
-        if not self.subset.is_file():
-            raise ImageFolderError(f"subset file {self.subset} does not exist")
-        wanted = read_name_list(self.subset)
-        missing = sorted(set(wanted) - set(all_classes))
-        if missing:
-            raise ImageFolderError(
-                f"subset {self.subset} names {len(missing)} classes with no folder in "
-                f"{self.root}: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}"
-            )
-        if not wanted:
-            raise ImageFolderError(f"subset file {self.subset} lists no classes")
-        return sorted(set(wanted))
 
     def setup(self, stage: str | None = None) -> None:
         """Scan the folders (once; sorted, so every process agrees) and build the datasets."""
@@ -390,7 +303,7 @@ class ImageFolderDataModule(BankQueryDataModule):
                     f"no class folders in {self.root}; pass labelled=False to use its images "
                     "without labels"
                 )
-            self._classes = tuple(self._classes_to_keep(all_classes))
+            self._classes = tuple(classes_to_keep(self.subset, all_classes, self.root))
             keep = {name: i for i, name in enumerate(self._classes)}
             paths, labels, ignored = self._labelled_images(self.root, "root", keep)
             present = {path.relative_to(self.root).parts[0] for path in paths}
@@ -399,6 +312,12 @@ class ImageFolderDataModule(BankQueryDataModule):
                 raise ImageFolderError(
                     f"{len(empty)} class folders of {self.root} hold no images: "
                     f"{', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}"
+                    + (
+                        " (a link to a folder listed already adds none: its images are listed "
+                        "once, under the first name)"
+                        if self._repeated
+                        else ""
+                    )
                 )
         else:
             paths, ignored = self._scan(self.root, "root")
@@ -448,6 +367,11 @@ class ImageFolderDataModule(BankQueryDataModule):
         rank_zero_info(
             f"ImageFolderDataModule: {classes}{len(train_paths)} train, {len(bank)} bank and "
             f"{len(val_paths)} held-out images; {ignored} other files ignored"
+            + (
+                f"; {self._repeated} links to files or folders listed already skipped"
+                if self._repeated
+                else ""
+            )
         )
 
     # ---- loaders ------------------------------------------------------------------------

@@ -33,7 +33,8 @@ from contrastive.datamodules.common import (
     Tokenizer,
 )
 from contrastive.datamodules.images import DEFAULT_MAX_PIXELS, load_image
-from contrastive.tools.nga import MANIFEST, read_manifest
+from contrastive.files import TableError
+from contrastive.tools.nga_catalog import MANIFEST, read_manifest
 
 LABELS: tuple[str, ...] = ("classification", "artist", "century")
 METADATA_FIELDS: tuple[str, ...] = (
@@ -134,7 +135,7 @@ class NGADataset(Dataset):
 
     Args:
         root: The folder ``contrastive data nga`` wrote.
-        records: Manifest rows (see :func:`contrastive.tools.nga.read_manifest`).
+        records: Manifest rows (see :func:`contrastive.tools.nga_catalog.read_manifest`).
         class_names: The classes of each label, e.g. from :func:`class_names_of`.
         image_size: Output height and width in pixels.
         max_pixels: Larger images are skipped (decompression bombs).
@@ -280,7 +281,10 @@ class NGADataModule(BankQueryDataModule):
         """Read the manifest, fix the classes and split the rows (once)."""
         if self._splits:
             return
-        records = read_manifest(self.root)
+        try:
+            records = read_manifest(self.root)
+        except TableError as err:
+            raise DataError(str(err)) from None
         if not records:
             raise DataError(
                 f"no images listed in {self.root / MANIFEST}: download them first with "

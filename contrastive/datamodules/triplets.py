@@ -25,11 +25,8 @@ image that exists but does not decode is skipped later, when the loader reads it
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -40,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from contrastive.datamodules.common import Collate, DataError, Skipped, SkipReport, Tokenizer
 from contrastive.datamodules.images import load_image
+from contrastive.files import JSON_SUFFIXES, TableError, read_rows
 
 REQUIRED = ("image_a", "image_b", "text")
 DEFAULT_CONDITION = "all"
@@ -54,35 +52,6 @@ class TripletRow(NamedTuple):
     condition: str
     negative: str | None
     source: str  # "manifest.jsonl:12", for messages
-
-
-def _json_rows(path: Path) -> Iterator[tuple[int, dict | None]]:
-    """``(line number, object)`` per non-blank line; ``None`` for a line that is no JSON object."""
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                row = None
-            yield line_number, row if isinstance(row, dict) else None
-
-
-def _table_rows(path: Path) -> Iterator[tuple[int, dict | None]]:
-    """``(line number, row)`` per CSV/TSV row; raises :class:`DataError` for a missing column."""
-    separator = "\t" if path.suffix.lower() == ".tsv" else ","
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter=separator)
-        columns = reader.fieldnames or []
-        missing = [c for c in REQUIRED if c not in columns]
-        if missing:
-            raise DataError(
-                f"{path}: no column {missing[0]!r} (separator {separator!r}); its columns are "
-                f"{columns}; a triplet manifest needs {list(REQUIRED)}"
-            )
-        for row in reader:
-            yield reader.line_num, row
 
 
 def _text(value: object) -> str | None:
@@ -101,18 +70,14 @@ def read_triplet_manifest(path: str | os.PathLike) -> tuple[list[TripletRow], li
     ``"manifest.jsonl:LINE"`` and summarised in one warning.
 
     Raises:
-        DataError: the file is missing or of another type, a CSV/TSV header lacks a required
-            column, or no row is usable.
+        DataError: the file is missing, of another type or not UTF-8 (a byte-order mark is
+            allowed), a CSV/TSV header lacks a required column, or no row is usable.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"triplet manifest not found: {path}")
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        raw = _json_rows(path)
-    elif suffix in (".csv", ".tsv"):
-        raw = _table_rows(path)
-    else:
+    if suffix not in (*JSON_SUFFIXES, ".csv", ".tsv"):
         raise DataError(f"{path}: a triplet manifest is .jsonl, .csv or .tsv, got {suffix!r}")
     exists: dict[str, bool] = {}  # images recur across rows: look each up once
 
@@ -122,6 +87,11 @@ def read_triplet_manifest(path: str | os.PathLike) -> tuple[list[TripletRow], li
         return exists[image]
 
     rows, skipped = [], []
+    hint = f"; a triplet manifest needs {list(REQUIRED)}"
+    try:
+        raw = list(read_rows(path, REQUIRED, hint))
+    except TableError as err:
+        raise DataError(str(err)) from None
     for line, row in raw:
         where = f"{path}:{line}"
         if row is None:

@@ -1,4 +1,6 @@
-"""Data tools behind ``contrastive data <tool>``: each module here has ``main(argv) -> int``.
+"""Data tools behind ``contrastive data <tool>``: ``nga`` and ``triplets``, each a module with
+``main(argv) -> int``, and the modules they are built from (``fetch``, the one HTTP helper;
+``nga_catalog``; ``pairs`` and ``describe``).
 
 They fetch and prepare data sets on disk for the data modules to read; none imports torch, so
 they start fast and run on machines without it.
