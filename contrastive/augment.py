@@ -11,7 +11,8 @@ In YAML, either use a preset with its named knobs::
       class_path: contrastive.augment.SimCLRAugment
       init_args: {crop_scale: [0.2, 1.0], color_jitter: 0.8, blur: 0.0}
 
-or compose any kornia augmentations::
+``MultiCropAugment`` adds local views at a smaller size (SwAV, DINO), or compose any kornia
+augmentations::
 
     augment:
       class_path: contrastive.augment.Augment
@@ -87,6 +88,11 @@ class Augment(nn.Module):
         views = self.transforms(self.to_float(images)).clamp_(0, 1)
         return (views - self.mean) / self.std
 
+    def views(self, sources: list[Tensor]) -> list[Tensor]:
+        """The training views of a batch: one random view of each source (the image, and its
+        generator view or the image again), so two views; global views come first."""
+        return [self(s) for s in sources]
+
 
 class SimCLRAugment(Augment):
     """The SimCLR view distribution (Chen et al. 2020, appendix A) as one configurable preset.
@@ -130,28 +136,102 @@ class SimCLRAugment(Augment):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
-        for name, p in dict(
+        self.size, self.crop_ratio = size, tuple(crop_ratio)
+        crop = _LazyResizedCrop(size, crop_scale, crop_ratio)
+        self._photometric = dict(
             hflip=hflip,
             color_jitter=color_jitter,
+            jitter=(brightness, contrast, saturation, hue),
             grayscale=grayscale,
             blur=blur,
+            blur_sigma=blur_sigma,
             solarize=solarize,
-        ).items():
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name} is a probability in [0, 1], got {p}")
-        self.size = size
-        transforms: list[nn.Module] = [_LazyResizedCrop(size, crop_scale, crop_ratio)]
-        if hflip > 0:
-            transforms.append(K.RandomHorizontalFlip(p=hflip))
-        if color_jitter > 0:
-            transforms.append(K.ColorJitter(brightness, contrast, saturation, hue, p=color_jitter))
-        if grayscale > 0:
-            transforms.append(K.RandomGrayscale(p=grayscale))
-        if blur > 0:
-            transforms.append(_LazyGaussianBlur(blur_sigma, p=blur))
-        if solarize > 0:
-            transforms.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize))
-        super().__init__(transforms, mean, std)
+        )
+        super().__init__([crop, *_photometric(**self._photometric)], mean, std)
+
+
+class MultiCropAugment(SimCLRAugment):
+    """Multi-crop (Caron et al. 2020, SwAV, arXiv:2006.09882, section 3.2): per image, 2 global
+    views at ``size`` and ``num_local`` local views at ``local_size``, from smaller crops.
+
+    Every view gets SimCLR's photometric transforms (flip, jitter, grayscale, blur, solarise),
+    drawn per sample. The global views are one of each source (the image and its generator
+    view, or the image twice), local view ``i`` crops source ``i % 2``. Methods compare every
+    view with the global views of the other source, and a teacher sees the global views only
+    (:func:`~contrastive.methods.base.cross_view_pairs`).
+
+    In YAML::
+
+        augment:
+          class_path: contrastive.augment.MultiCropAugment
+          init_args: {size: 224, crop_scale: [0.4, 1.0], num_local: 8, local_size: 96}
+
+    Args:
+        num_local: ``K``, local views per image (6 in SwAV, 8 in DINO).
+        local_size: their side (96 for 224 px global views).
+        local_scale: their crop area range (DINO's (0.05, 0.4); SwAV's (0.05, 0.14)).
+        size: the global views' side; ``None`` keeps the input size.
+        crop_scale: the global crops' area range (DINO's (0.4, 1); SwAV's (0.14, 1)).
+        **kwargs: the other :class:`SimCLRAugment` arguments (photometric transforms,
+            normalisation), applied to every view.
+    """
+
+    def __init__(
+        self,
+        num_local: int = 6,
+        local_size: int = 96,
+        local_scale: tuple[float, float] = (0.05, 0.4),
+        size: int | None = None,
+        crop_scale: tuple[float, float] = (0.4, 1.0),
+        **kwargs,
+    ) -> None:
+        if num_local < 0 or local_size < 1:
+            raise ValueError(
+                f"expected num_local >= 0 and local_size >= 1, got {num_local} and {local_size}"
+            )
+        super().__init__(size=size, crop_scale=crop_scale, **kwargs)
+        self.num_local = num_local
+        crop = _LazyResizedCrop(local_size, local_scale, self.crop_ratio)
+        self.local_transforms = nn.Sequential(crop, *_photometric(**self._photometric))
+
+    @torch.no_grad()
+    def views(self, sources: list[Tensor]) -> list[Tensor]:
+        """The 2 global views (one per source), then ``num_local`` local views."""
+        local = [
+            self.local_transforms(self.to_float(sources[i % len(sources)])).clamp_(0, 1)
+            for i in range(self.num_local)
+        ]
+        return [self(s) for s in sources] + [(v - self.mean) / self.std for v in local]
+
+
+def _photometric(
+    hflip: float,
+    color_jitter: float,
+    jitter: tuple[float, float, float, float],
+    grayscale: float,
+    blur: float,
+    blur_sigma: tuple[float, float],
+    solarize: float,
+) -> list[nn.Module]:
+    """SimCLR's transforms after the crop, each drawn per sample with its probability."""
+    probabilities = dict(
+        hflip=hflip, color_jitter=color_jitter, grayscale=grayscale, blur=blur, solarize=solarize
+    )
+    for name, p in probabilities.items():
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name} is a probability in [0, 1], got {p}")
+    transforms: list[nn.Module] = []
+    if hflip > 0:
+        transforms.append(K.RandomHorizontalFlip(p=hflip))
+    if color_jitter > 0:
+        transforms.append(K.ColorJitter(*jitter, p=color_jitter))
+    if grayscale > 0:
+        transforms.append(K.RandomGrayscale(p=grayscale))
+    if blur > 0:
+        transforms.append(_LazyGaussianBlur(blur_sigma, p=blur))
+    if solarize > 0:
+        transforms.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize))
+    return transforms
 
 
 class _LazyResizedCrop(nn.Module):

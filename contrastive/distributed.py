@@ -77,6 +77,25 @@ def gather_no_grad(tensor: Tensor) -> Tensor:
     return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)], dim=0)
 
 
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """The sum of ``tensor`` over every rank; ``tensor`` itself on one process.
+
+    With gradient when ``tensor`` requires one: each rank's input receives the sum of the
+    gradients every rank's loss sends to the result (``torch.distributed.nn.functional``), as
+    :func:`gather_with_grad` does for its rows. Sums of statistics over the global batch
+    (Barlow Twins' cross-correlation, DINO's center, SwAV's Sinkhorn) go through here.
+    """
+    if not is_distributed():
+        return tensor
+    if tensor.requires_grad:
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce(tensor)
+    total = tensor.clone()
+    dist.all_reduce(total)
+    return total
+
+
 def _pad_rows(tensor: Tensor, rows: int) -> Tensor:  # (B, ...) -> (rows, ...), zeros below
     if len(tensor) == rows:
         return tensor

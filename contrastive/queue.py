@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -35,12 +36,27 @@ class EmbeddingQueue(nn.Module):
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))  # next row to write
         self.register_buffer("count", torch.zeros((), dtype=torch.long))  # rows filled so far
 
+    @property
+    def is_full(self) -> bool:
+        """Whether ``size`` embeddings have been pushed (every row holds one)."""
+        return int(self.count) == len(self.embeddings)
+
     def negatives(self) -> Tensor:
         """The queued embeddings, oldest first: ``(min(pushed, K), D)`` float32, a copy."""
         count, size = int(self.count), len(self.embeddings)
         if count < size:
             return self.embeddings[:count].clone()
         return torch.roll(self.embeddings, -int(self.pointer), dims=0)  # (K, D)
+
+    @torch.no_grad()
+    def nearest(self, rows: Tensor) -> Tensor:
+        """Each row's nearest queued embedding by cosine similarity (NNCLR's support set):
+        ``(N, D)`` -> ``(N, D)``, detached; the rows themselves while the queue is empty."""
+        support = self.negatives()  # (K, D)
+        if len(support) == 0:
+            return rows.detach()
+        similarity = F.normalize(rows.float(), dim=1) @ F.normalize(support, dim=1).T  # (N, K)
+        return support[similarity.argmax(dim=1)].to(rows.dtype)
 
     @torch.no_grad()
     def push(self, rows: Tensor) -> None:

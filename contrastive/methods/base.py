@@ -28,7 +28,7 @@ from contrastive import distributed
 from contrastive.augment import Augment
 from contrastive.backbones import create_backbone
 from contrastive.datamodules.common import SkipReport, Tokenizer
-from contrastive.gradcache import Embeddings, embed_in_chunks
+from contrastive.gradcache import Embeddings, check_chunk_size, embed_in_chunks
 from contrastive.losses import Tiling, info_nce, info_nce_tiled
 from contrastive.metrics import Alignment, EffectiveRank, EmbeddingStd, KNNAccuracy, Uniformity
 from contrastive.queue import EmbeddingQueue
@@ -60,6 +60,11 @@ class ContrastiveMethod(LightningModule):
             embeddings falls below this fraction of their dimension (and always below 2).
         channels_last: move images to channels-last memory format (faster convolutions with
             bf16 on recent CPUs and GPUs).
+        chunk_size: embed each training batch in chunks of this many samples with gradient
+            caching (``gradcache.py``): the same loss and gradients in one chunk's activation
+            memory, for one extra forward pass. Exact without BatchNorm; with it, each chunk is
+            normalised on its own. Needs the two halves :meth:`training_embeddings` and
+            :meth:`loss_from_embeddings`. ``None``: the whole batch at once.
     """
 
     def __init__(
@@ -74,6 +79,7 @@ class ContrastiveMethod(LightningModule):
         knn_temperature: float = 0.07,
         collapse_rank_fraction: float = 0.02,
         channels_last: bool = False,
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         # Built by LightningCLI, the hyper-parameters are the config (class paths and init
@@ -94,11 +100,14 @@ class ContrastiveMethod(LightningModule):
         self.knn_temperature = knn_temperature
         self.collapse_rank_fraction = collapse_rank_fraction
         self.channels_last = channels_last
+        self.chunk_size = check_chunk_size(chunk_size)
+        if chunk_size is not None and not self._has_embedding_halves():
+            raise ValueError(
+                f"chunk_size needs {type(self).__name__} to implement training_embeddings and "
+                "loss_from_embeddings (it implements training_loss only)"
+            )
         self._skipped = SkipReport()
-
-    #: Samples per gradient-cache chunk (``gradcache.py``); ``None`` embeds the batch at once.
-    #: Set by the methods that take it as an argument.
-    chunk_size: int | None = None
+        self._views_checked = False
 
     # ---- what a subclass implements ---------------------------------------------------------
 
@@ -127,19 +136,42 @@ class ContrastiveMethod(LightningModule):
         """The loss of the whole batch from :meth:`training_embeddings`' output (all chunks')."""
         raise NotImplementedError(f"{type(self).__name__} must implement loss_from_embeddings")
 
+    def _has_embedding_halves(self) -> bool:
+        cls = type(self)
+        return cls.training_embeddings is not ContrastiveMethod.training_embeddings
+
     # ---- views, embeddings, gathering -------------------------------------------------------
 
     def make_views(self, batch: dict) -> list[Tensor]:
-        """Two augmented views per image: of ``image`` and of the generator's ``view`` if any."""
+        """The augmented views of each image, global views first (:meth:`Augment.views`).
+
+        The sources are ``image`` and the generator's ``view`` if the data gives one (else
+        ``image`` twice): two views with a plain :class:`Augment`, two global and ``K`` local
+        ones with :class:`~contrastive.augment.MultiCropAugment`. Each is ``(B, C, H, W)``.
+        """
         sources = [batch["image"], batch.get("view", batch["image"])]
-        return [self._memory_format(self.augment(s)) for s in sources]
+        return [self._memory_format(v) for v in self.augment.views(sources)]
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         if isinstance(batch, dict):
             self._skipped.add(batch.pop("skipped", ()))
         if self._trainer is not None and self.trainer.training and "image" in batch:
             batch["views"] = self.make_views(batch)
+            if not self._views_checked:
+                self._views_checked = True
+                self._warn_if_views_identical(batch["views"])
         return batch
+
+    def _warn_if_views_identical(self, views: list[Tensor]) -> None:
+        """Warn, on the first training batch, when its two views are the same images."""
+        if len(views) > 1 and views[0].shape == views[1].shape and torch.equal(*views[:2]):
+            rank_zero_warn(
+                "the two views of each training image are identical: the data gives no "
+                "generator view ('view') and model.augment does not change the images, so the "
+                "loss has nothing to learn; set model.augment (e.g. "
+                "contrastive.augment.SimCLRAugment) or the data's views (data.shared_factors "
+                "for ShapesDataModule)"
+            )
 
     @property
     def tokenizer(self) -> Tokenizer | None:
@@ -180,6 +212,11 @@ class ContrastiveMethod(LightningModule):
     ) -> tuple[Tensor, Tensor | None, Tensor]:
         """Embeddings and labels from every rank, and where this rank's rows sit among them.
 
+        For losses over the global batch (batch statistics, a cross-correlation, negatives
+        from every rank): every rank computes the loss of the gathered rows, and the gradient
+        reaching each rank's rows is summed over ranks, so with DDP's gradient averaging the
+        update is that of one process on the concatenated batch.
+
         Args:
             embeddings: ``(N, D)`` this rank's embeddings.
             labels: ``(N,)`` their labels (image ids or classes); ``None`` for none.
@@ -203,6 +240,7 @@ class ContrastiveMethod(LightningModule):
         temperature: float | Tensor,
         tiling: Tiling | None = None,
         queue: EmbeddingQueue | None = None,
+        keys: Tensor | None = None,
     ) -> Tensor:
         """InfoNCE of this rank's embeddings against the gathered batch; same label = positive.
 
@@ -214,8 +252,13 @@ class ContrastiveMethod(LightningModule):
             queue: past embeddings as extra negatives (never positives). The candidates are
                 pushed after the loss (detached): the global batch with ``gather_negatives``,
                 so that every rank holds the same queue.
+            keys: ``(N, D)`` candidates other than ``z``, labelled by ``labels`` too (another
+                view's embeddings, a momentum encoder's keys): ``z`` is classified among the
+                gathered keys, and is not among its own candidates. ``None``: ``z`` itself.
         """
-        candidates, candidate_labels, positions = self.gather(z, labels)
+        candidates, candidate_labels, positions = self.gather(z if keys is None else keys, labels)
+        if keys is not None:
+            positions = None  # the anchors are not among the candidates
         negatives = None if queue is None else queue.negatives()  # (K, D)
         args = (z, candidates, labels, candidate_labels, temperature, positions)
         columns = len(candidates) + (0 if negatives is None else len(negatives))
@@ -427,18 +470,25 @@ class ContrastiveMethod(LightningModule):
 
 
 def forward_views(
-    network: Callable[[Tensor], Tensor], views: list[Tensor], separate: bool
+    network: Callable[[Tensor], Tensor], views: list[Tensor], separate: bool = False
 ) -> Tensor:
     """``network`` of every view, stacked view by view: ``(V * B, ...)``.
 
     ``separate``: one forward per view, so that each view is its own BatchNorm batch (as in
-    BYOL's and lightly's code); otherwise one forward of all views together, BatchNorm over
-    both (as in the SimCLR paper). On a 2-core CPU two batches of B ran 5% faster than one of
-    2B (BENCHMARKS.md). In eval mode the two agree.
+    BYOL's and lightly's code); otherwise one forward of all views of a size together,
+    BatchNorm over them (as in the SimCLR paper; multi-crop's global and local views are two
+    forwards, as in DINO's and SwAV's code). On a 2-core CPU two batches of B ran 5% faster
+    than one of 2B (BENCHMARKS.md). In eval mode the two agree.
     """
     if separate:
         return torch.cat([network(v) for v in views])
-    return network(torch.cat(views))
+    groups: list[list[Tensor]] = []  # runs of consecutive views of one size
+    for view in views:
+        if groups and groups[-1][0].shape[1:] == view.shape[1:]:
+            groups[-1].append(view)
+        else:
+            groups.append([view])
+    return torch.cat([network(torch.cat(group)) for group in groups])
 
 
 def knn_report(rows: list[tuple[str, int, float, float, float]], k: int) -> str:

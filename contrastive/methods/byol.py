@@ -5,23 +5,25 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from contrastive.ema import cosine_momentum, ema_update, frozen_copy
+from contrastive.ema import frozen_copy
+from contrastive.gradcache import Embeddings, by_sample
 from contrastive.heads import PredictionHead, ProjectionHead
-from contrastive.losses import byol_loss
-from contrastive.methods.base import ContrastiveMethod, forward_views
+from contrastive.losses import byol_loss, cross_view_pairs
+from contrastive.methods.base import forward_views
+from contrastive.methods.momentum import MomentumMethod
 
 
-class BYOL(ContrastiveMethod):
+class BYOL(MomentumMethod):
     """BYOL (Grill et al. 2020, arXiv:2006.07733): predict a slow target's projection, no negatives.
 
     The online network (backbone, projector, predictor) is trained to predict the target
     network's projection of the other view; the target (backbone, projector) is an exponential
-    moving average of the online one, with momentum rising from ``base_momentum`` to
-    ``final_momentum`` on a cosine schedule, per step. The target gets no gradient and no
-    optimizer state; it stays identical on every rank because the online weights (and, with
-    DDP's buffer broadcast, the BatchNorm statistics it copies) are.
+    moving average of the online one (:class:`MomentumMethod`: momentum from
+    ``base_momentum`` 0.996 to ``final_momentum`` 1.0 on a cosine schedule, per step). With
+    multi-crop, the target sees the global views only and every view's prediction regresses
+    each global view's target but its own, as in solo-learn.
 
     Args:
         projector_hidden_dim: hidden width of the projector (4096 in the paper).
@@ -32,7 +34,7 @@ class BYOL(ContrastiveMethod):
         representation: what ``embed`` returns: the pooled ``backbone`` features (the paper's
             choice) or the ``projector`` output.
         separate_views: forward each view on its own, each its own BatchNorm batch, as BYOL's
-            and lightly's code do; False: one batch of both views
+            and lightly's code do; False: one batch of the views of a size
             (:func:`~contrastive.methods.base.forward_views`).
         **kwargs: :class:`ContrastiveMethod` arguments (backbone, augment, optimizer, ...).
     """
@@ -48,13 +50,7 @@ class BYOL(ContrastiveMethod):
         separate_views: bool = False,
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
-        if not 0.0 <= base_momentum <= final_momentum <= 1.0:
-            raise ValueError(
-                f"expected 0 <= base_momentum <= final_momentum <= 1, got {base_momentum} "
-                f"and {final_momentum}"
-            )
-        self.base_momentum, self.final_momentum = base_momentum, final_momentum
+        super().__init__(base_momentum=base_momentum, final_momentum=final_momentum, **kwargs)
         self.representation = representation
         self.separate_views = separate_views
         dim = self.backbone.num_features
@@ -62,31 +58,26 @@ class BYOL(ContrastiveMethod):
         self.predictor = PredictionHead(projector_dim, predictor_hidden_dim, projector_dim)
         self.target_backbone = frozen_copy(self.backbone)
         self.target_projector = frozen_copy(self.projector)
-        self.momentum = base_momentum
-        self._ema_step = 0  # the optimizer step the target was last updated at
 
-    def training_loss(self, batch: dict) -> Tensor:
-        views, separate = batch["views"], self.separate_views
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.target_backbone, self.backbone), (self.target_projector, self.projector)]
+
+    def training_embeddings(self, batch: dict) -> Embeddings:
+        """``{"p": (B, V, D)}`` online predictions of every view, ``{"z": (B, 2, D)}`` target
+        projections of the global views (no gradient)."""
+        views, separate, n = batch["views"], self.separate_views, len(batch["views"][0])
         online = lambda x: self.predictor(self.projector(self.backbone(x)))  # noqa: E731
         target = lambda x: self.target_projector(self.target_backbone(x))  # noqa: E731
-        predictions = forward_views(online, views, separate)  # (2B, D): view 1 then view 2
+        predictions = forward_views(online, views, separate)  # (V * B, D)
         with torch.no_grad():
-            targets = forward_views(target, views, separate)  # (2B, D)
-        # Each view's prediction regresses the *other* view's target: swap the halves.
-        swapped = torch.cat(targets.chunk(2)[::-1])  # (2B, D)
-        return byol_loss(predictions, swapped)
+            targets = forward_views(target, views[:2], separate)  # (2B, D)
+        return {"p": by_sample(predictions, n), "z": by_sample(targets, n)}
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.global_step == self._ema_step:  # accumulating gradients: no optimizer step yet
-            return
-        self._ema_step = self.global_step
-        total = int(self.trainer.estimated_stepping_batches)
-        self.momentum = cosine_momentum(
-            self.global_step, total, self.base_momentum, self.final_momentum
-        )
-        ema_update(self.target_backbone, self.backbone, self.momentum)
-        ema_update(self.target_projector, self.projector, self.momentum)
-        self.log("train/momentum", self.momentum)
+    def loss_from_embeddings(self, embeddings: Embeddings, batch: dict) -> Tensor:
+        """Each view's prediction regresses the *other* global views' targets (symmetrised)."""
+        p, z = embeddings["p"], embeddings["z"]  # (B, V, D), (B, 2, D)
+        pairs = cross_view_pairs(p.shape[1])
+        return sum(byol_loss(p[:, v], z[:, g]) for v, g in pairs) / len(pairs)
 
     def represent(self, views: Tensor) -> Tensor:
         features = self.backbone(views)  # (B, num_features)

@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from contrastive.crossmodal import CrossModalRetrieval, text_ids, zero_shot_logits
 from contrastive.crossmodal import zero_shot_weights as make_zero_shot_weights
-from contrastive.gradcache import Embeddings, by_sample, by_view, check_chunk_size
+from contrastive.gradcache import Embeddings, by_sample, by_view
 from contrastive.heads import ProjectionHead
 from contrastive.losses import Tiling, clip_loss, siglip_loss
 from contrastive.methods.base import ContrastiveMethod
@@ -73,10 +73,6 @@ class CLIP(ContrastiveMethod):
             tower features the captions alone are slow to teach (shape, on the shapes data).
         ssl_temperature: its NT-Xent temperature.
         ssl_projector_dim: its projection head's output width (hidden: 512).
-        chunk_size: embed the batch (images and captions) in chunks of this many pairs with
-            gradient caching (``gradcache.py``): the same loss and gradients in one chunk's
-            activation memory, for one extra forward pass of both towers; exact without
-            BatchNorm in the image tower. ``None``: the whole batch at once.
         queue_size: keep the last this many image and text embeddings (from every rank) as
             extra negatives, MoCo-style (``queue.py``): images are also classified against the
             queued texts and texts against the queued images; queued rows never match. The
@@ -88,7 +84,8 @@ class CLIP(ContrastiveMethod):
             on the shapes data) while the image loss leads: on the shapes data 0.1 let the
             backbone learn shape, where the whole caption gradient held it on colour
             (BENCHMARKS.md).
-        **kwargs: :class:`ContrastiveMethod` arguments (backbone, augment, optimizer, ...).
+        **kwargs: :class:`ContrastiveMethod` arguments (backbone, augment, optimizer, and
+            ``chunk_size``: with gradient caching, chunks of pairs, both towers re-run).
     """
 
     def __init__(
@@ -112,7 +109,6 @@ class CLIP(ContrastiveMethod):
         ssl_weight: float = 0.0,
         ssl_temperature: float = 0.1,
         ssl_projector_dim: int = 128,
-        chunk_size: int | None = None,
         queue_size: int = 0,
         caption_grad_scale: float = 1.0,
         **kwargs,
@@ -164,7 +160,6 @@ class CLIP(ContrastiveMethod):
         self.ssl_weight, self.ssl_temperature = ssl_weight, ssl_temperature
         if ssl_weight > 0:
             self.ssl_projector = ProjectionHead(self.backbone.num_features, 512, ssl_projector_dim)
-        self.chunk_size = check_chunk_size(chunk_size)
         self.caption_grad_scale = caption_grad_scale
         self.image_queue = EmbeddingQueue(queue_size, embed_dim) if queue_size else None
         self.text_queue = EmbeddingQueue(queue_size, embed_dim) if queue_size else None

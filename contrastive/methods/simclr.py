@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from contrastive.gradcache import Embeddings, by_sample, by_view, check_chunk_size
+from contrastive.gradcache import Embeddings, by_sample, by_view
 from contrastive.heads import ProjectionHead
 from contrastive.losses import Tiling
 from contrastive.methods.base import ContrastiveMethod, forward_views
@@ -16,6 +16,8 @@ class SimCLR(ContrastiveMethod):
 
     Each of the 2B views in the batch is an anchor; its positive is the other view of the same
     image and its negatives are the other 2B - 2 views, gathered from every rank by default.
+    With multi-crop (``V`` views per image), every other view of the image is a positive (the
+    mean over positives, as solo-learn does).
 
     Args:
         temperature: the NT-Xent temperature (0.1 in the paper's CIFAR-10 runs).
@@ -28,11 +30,6 @@ class SimCLR(ContrastiveMethod):
         tile_above: tile automatically when the gathered candidates are more than this (the
             dense ``(N, M)`` logits and their gradient would take ~1 GB at 8192 x 8192);
             ``None`` never does.
-        chunk_size: embed the batch in chunks of this many images with gradient caching
-            (``gradcache.py``): the same loss and gradients in one chunk's activation memory,
-            for one extra forward pass. Exact without BatchNorm; with it, each chunk is
-            normalised on its own (the projector's hidden BatchNorm too: ``projector_layers=1``
-            has none). ``None``: the whole batch at once.
         separate_views: forward each view on its own, so each is its own BatchNorm batch (as in
             lightly and solo-learn) and no batch statistic mixes an image's two views. False:
             one batch of both views, BatchNorm over both as in the paper
@@ -40,7 +37,9 @@ class SimCLR(ContrastiveMethod):
         queue_size: keep the last this many projections (2 per image, from every rank) as
             extra negatives, MoCo-style (``queue.py``; no momentum encoder, so they are slightly
             stale); 0: no queue.
-        **kwargs: :class:`ContrastiveMethod` arguments (backbone, augment, optimizer, ...).
+        **kwargs: :class:`ContrastiveMethod` arguments (backbone, augment, optimizer,
+            ``chunk_size``: with gradient caching, the projector's hidden BatchNorm normalises
+            each chunk on its own; ``projector_layers=1`` has none).
     """
 
     def __init__(
@@ -52,7 +51,6 @@ class SimCLR(ContrastiveMethod):
         tiled: bool = False,
         tile_size: int = 1024,
         tile_above: int | None = 8192,
-        chunk_size: int | None = None,
         queue_size: int = 0,
         separate_views: bool = False,
         **kwargs,
@@ -66,7 +64,6 @@ class SimCLR(ContrastiveMethod):
             raise ValueError(f"queue_size must be >= 0 (0: no queue), got {queue_size}")
         self.temperature = temperature
         self.tiling = Tiling(tiled, tile_size, tile_above)
-        self.chunk_size = check_chunk_size(chunk_size)
         self.projector = ProjectionHead(
             self.backbone.num_features, projector_hidden_dim, projector_dim, projector_layers
         )
@@ -74,15 +71,15 @@ class SimCLR(ContrastiveMethod):
         self.separate_views = separate_views
 
     def training_embeddings(self, batch: dict) -> Embeddings:
-        """``{"z": (B, 2, D)}``: the projections of both views of each image."""
+        """``{"z": (B, V, D)}``: the projections of every view of each image."""
         network = lambda views: self.projector(self.backbone(views))  # noqa: E731
-        z = forward_views(network, batch["views"], self.separate_views)  # (2B, D)
-        return {"z": by_sample(z, len(batch["views"][0]))}  # (B, 2, D)
+        z = forward_views(network, batch["views"], self.separate_views)  # (V * B, D)
+        return {"z": by_sample(z, len(batch["views"][0]))}  # (B, V, D)
 
     def loss_from_embeddings(self, embeddings: Embeddings, batch: dict) -> Tensor:
-        """InfoNCE over both views of the global batch; same label = positive pair."""
-        z = by_view(embeddings["z"])  # (2B, D): first views, then second views
-        labels = self.positive_labels(batch).repeat(2)  # (2B,)
+        """InfoNCE over every view of the global batch; same label = positive pair."""
+        z = by_view(embeddings["z"])  # (V * B, D): first views, then second views, ...
+        labels = self.positive_labels(batch).repeat(embeddings["z"].shape[1])  # (V * B,)
         return self.info_nce(z, labels, self.temperature, self.tiling, self.queue)
 
     def positive_labels(self, batch: dict) -> Tensor:

@@ -17,9 +17,10 @@ class SupCon(SimCLR):
 
     Args:
         label: the label field of the batch (``batch["labels"][label]``), e.g. ``shape``.
-        **kwargs: :class:`SimCLR` arguments (temperature, projector sizes, ``chunk_size``) and
-            :class:`ContrastiveMethod` arguments. Not ``queue_size``: queued rows are never
-            positives, so a queue would push every image away from its own class.
+        **kwargs: :class:`SimCLR` arguments (temperature, projector sizes) and
+            :class:`ContrastiveMethod` arguments (``chunk_size``, ...). Not ``queue_size``:
+            queued rows are never positives, so a queue would push every image away from its
+            own class.
     """
 
     def __init__(self, label: str = "shape", **kwargs) -> None:
