@@ -55,7 +55,8 @@ class EmbeddingQueue(nn.Module):
         support = self.negatives()  # (K, D)
         if len(support) == 0:
             return rows.detach()
-        similarity = F.normalize(rows.float(), dim=1) @ F.normalize(support, dim=1).T  # (N, K)
+        queries = F.normalize(rows.to(support.dtype), dim=1)  # (N, D)
+        similarity = queries @ F.normalize(support, dim=1).T  # (N, K)
         return support[similarity.argmax(dim=1)].to(rows.dtype)
 
     @torch.no_grad()

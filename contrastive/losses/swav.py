@@ -31,12 +31,13 @@ def sinkhorn_knopp(
         all_reduce: the sum of a tensor over ranks; ``None`` on one process.
 
     Returns:
-        ``(N, K)`` codes, each row summing to 1, float32.
+        ``(N, K)`` codes, each row summing to 1, float32 (float64 for float64 scores).
     """
     reduce = all_reduce or (lambda t: t)
-    q = torch.exp(scores.float() / epsilon).T  # (K, N)
+    dtype = torch.promote_types(scores.dtype, torch.float32)  # exp(1 / 0.05) needs float32
+    q = torch.exp(scores.to(dtype) / epsilon).T  # (K, N)
     k = q.shape[0]
-    b = reduce(torch.tensor(float(q.shape[1]), device=q.device))  # global batch size
+    b = reduce(torch.tensor(float(q.shape[1]), dtype=dtype, device=q.device))  # global batch
     q /= reduce(q.sum())
     for _ in range(iterations):
         q /= reduce(q.sum(dim=1, keepdim=True))  # every prototype gets mass 1 / K

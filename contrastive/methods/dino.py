@@ -159,12 +159,11 @@ class DINO(MomentumMethod):
             self.student_temperature,
             self.current_teacher_temperature(),
         )
-        with torch.no_grad():
+        with torch.no_grad():  # the mean over the global batch: sums over ranks
             reduce = distributed.all_reduce_sum if self.gather_negatives else lambda t: t
-            total = reduce(teacher.float().sum(dim=(0, 1)))  # (K,) over the global batch
-            count = reduce(
-                torch.tensor(float(teacher.shape[0] * teacher.shape[1]), device=self.device)
-            )
+            rows = teacher.flatten(0, 1).to(self.center.dtype)  # (2B, K)
+            total = reduce(rows.sum(dim=0))  # (K,)
+            count = reduce(rows.new_tensor(float(len(rows))))
             self.center.lerp_(total / count, 1 - self.center_momentum)
         return loss
 
