@@ -50,3 +50,30 @@ def test_bad_probabilities_and_stats_are_named():
         SimCLRAugment(grayscale=1.5)
     with pytest.raises(ValueError, match="mean and std"):
         Augment(mean=(0.5,), std=(0.2, 0.2))
+
+
+def test_multi_crop_makes_two_global_views_then_local_views_of_both_sources():
+    from contrastive.augment import MultiCropAugment
+
+    torch.manual_seed(0)
+    crops_only = dict(hflip=0.0, color_jitter=0.0, grayscale=0.0)  # a view shows its source
+    augment = MultiCropAugment(num_local=4, local_size=8, size=16, **crops_only)
+    black = torch.zeros(6, 3, 32, 32, dtype=torch.uint8)
+    white = torch.full((6, 3, 32, 32), 255, dtype=torch.uint8)
+    views = augment.views([black, white])  # the image and its generator view
+    assert [tuple(v.shape) for v in views] == [(6, 3, 16, 16)] * 2 + [(6, 3, 8, 8)] * 4
+    means = [v.mean().item() for v in views]  # normalised: black -2, white +2
+    assert means == pytest.approx([-2, 2, -2, 2, -2, 2])  # local view i crops source i % 2
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, generator=g)
+    local = augment.views([image.expand(8, -1, -1, -1)] * 2)[2]  # crops drawn per sample
+    assert len({tuple(v.flatten()[:32].tolist()) for v in local}) == 8
+
+
+def test_multi_crop_arguments_are_checked():
+    from contrastive.augment import MultiCropAugment
+
+    with pytest.raises(ValueError, match="num_local"):
+        MultiCropAugment(num_local=-1)
+    with pytest.raises(ValueError, match="solarize"):
+        MultiCropAugment(solarize=2.0)

@@ -161,3 +161,52 @@ def test_a_batch_whose_samples_were_all_skipped_gives_a_zero_loss_on_every_param
     loss.backward()  # DDP ranks reach the gradient sync as usual
     assert loss.item() == 0.0
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "augment, view, warned",
+    [(None, False, True), (None, True, False), ("simclr", False, False)],
+    ids=["identical", "generator view", "augmented"],
+)
+def test_identical_views_are_warned_about_at_fit_start(augment, view, warned, recwarn):
+    from contrastive.augment import SimCLRAugment
+
+    model = SimCLR(
+        backbone_kwargs={"width": 4},
+        projector_hidden_dim=16,
+        augment=SimCLRAugment() if augment else None,
+    )
+    trainer = _trainer(max_steps=2, limit_val_batches=0)
+    trainer.fit(model, _tiny_data(shared_factors=["shape"] if view else None))
+    messages = [str(w.message) for w in recwarn if "views of each training image" in str(w.message)]
+    assert len(messages) == int(warned)  # once, at the first batch
+
+
+def test_chunk_size_is_a_base_option_that_needs_the_two_halves():
+    class LossOnly(ContrastiveMethod):
+        def training_loss(self, batch):
+            return self.backbone(batch["views"][0]).mean()
+
+    with pytest.raises(ValueError, match="chunk_size needs LossOnly to implement"):
+        LossOnly(backbone_kwargs={"width": 4}, chunk_size=4)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        SimCLR(backbone_kwargs={"width": 4}, chunk_size=0)
+    assert SimCLR(backbone_kwargs={"width": 4}, chunk_size=4).chunk_size == 4
+
+
+def test_views_of_one_size_share_a_forward_and_multi_crop_sizes_get_one_each():
+    from contrastive.methods.base import forward_views
+
+    calls = []
+
+    def network(x):
+        calls.append(tuple(x.shape))
+        return x.mean(dim=(2, 3))
+
+    views = [torch.randn(3, 3, 16, 16)] * 2 + [torch.randn(3, 3, 8, 8)] * 3
+    out = forward_views(network, views)
+    assert calls == [(6, 3, 16, 16), (9, 3, 8, 8)] and out.shape == (15, 3)
+    torch.testing.assert_close(out, torch.cat([v.mean(dim=(2, 3)) for v in views]))
+    calls.clear()
+    forward_views(network, views, separate=True)
+    assert len(calls) == 5
