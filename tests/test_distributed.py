@@ -145,4 +145,5 @@ def test_gathering_handles_ranks_with_fewer_rows_after_skipped_samples():
 def test_helpers_are_identities_on_one_process():
     x = torch.randn(3, 2)
     assert distributed.gather_with_grad(x) is x and distributed.gather_no_grad(x) is x
+    assert distributed.all_reduce_sum(x) is x  # summed over ranks in test_every_method.py
     assert distributed.rank() == 0 and distributed.world_size() == 1

@@ -81,6 +81,9 @@ def test_dino_prototypes_are_unit_norm_unless_their_scale_is_learnt():
     torch.testing.assert_close(head(x), expected)
     assert not head.scale.requires_grad
     assert _model("DINO", norm_last_layer=False).head.scale.requires_grad
+    normed = _model("DINO", projector_batch_norm=True).head.mlp  # DINO's use_bn_in_head
+    kinds = [type(m).__name__ for m in normed]
+    assert kinds == ["Linear", "BatchNorm1d", "GELU"] * 2 + ["Linear"]
 
 
 def test_swav_normalises_its_prototypes_and_freezes_them_for_the_first_steps():

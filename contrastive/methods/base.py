@@ -53,7 +53,8 @@ class ContrastiveMethod(LightningModule):
             normalisation parameters (``ndim <= 1``) get no weight decay.
         warmup_epochs: linear warmup length, in epochs (fractions allowed), stepped per batch.
         gather_negatives: gather embeddings from every rank so that each anchor sees the global
-            batch as negatives (on by default; off gives per-rank negatives).
+            batch as negatives, and sum batch statistics over ranks (on by default; off gives
+            per-rank negatives and statistics).
         knn_k: neighbours of the kNN monitor.
         knn_temperature: temperature of the kNN monitor's weighted vote.
         collapse_rank_fraction: warn when the effective rank of the (centred) validation

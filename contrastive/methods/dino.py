@@ -28,6 +28,7 @@ class DINOHead(nn.Module):
         num_layers: Linear layers of the MLP (3).
         norm_last_layer: fix the prototypes' norm at 1 (the weight-norm scale ``g`` not
             learnt), which the paper finds steadier.
+        batch_norm: BatchNorm after each hidden Linear (DINO's ``use_bn_in_head``).
     """
 
     def __init__(
@@ -38,13 +39,16 @@ class DINOHead(nn.Module):
         num_prototypes: int = 65536,
         num_layers: int = 3,
         norm_last_layer: bool = True,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
         layers: list[nn.Module] = []
         for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
-            layers += [nn.Linear(d_in, d_out), nn.GELU()]
-        self.mlp = nn.Sequential(*layers[:-1])  # no GELU after the last Linear
+            norm = [nn.BatchNorm1d(d_out)] if batch_norm else []
+            layers += [nn.Linear(d_in, d_out), *norm, nn.GELU()]
+        layers = layers[: -2 if batch_norm else -1]  # the last Linear ends the MLP
+        self.mlp = nn.Sequential(*layers)
         for m in self.mlp.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -75,6 +79,7 @@ class DINO(MomentumMethod):
         projector_hidden_dim: the head's hidden width (2048).
         projector_dim: its bottleneck width (256).
         projector_layers: Linear layers of its MLP (3).
+        projector_batch_norm: BatchNorm in the head's MLP (False; DINO's ``use_bn_in_head``).
         norm_last_layer: fix the prototypes' norm (True; False for ViT-S with more care).
         student_temperature: ``T_s`` (0.1).
         teacher_temperature: ``T_t`` after the warmup (0.04; 0.07 for long runs).
@@ -97,6 +102,7 @@ class DINO(MomentumMethod):
         projector_hidden_dim: int = 2048,
         projector_dim: int = 256,
         projector_layers: int = 3,
+        projector_batch_norm: bool = False,
         norm_last_layer: bool = True,
         student_temperature: float = 0.1,
         teacher_temperature: float = 0.04,
@@ -130,6 +136,7 @@ class DINO(MomentumMethod):
             num_prototypes,
             projector_layers,
             norm_last_layer,
+            projector_batch_norm,
         )
         self.teacher_backbone = frozen_copy(self.backbone)
         self.teacher_head = frozen_copy(self.head)

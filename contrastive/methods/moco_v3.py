@@ -26,7 +26,7 @@ class MoCoV3(MomentumMethod):
     the batch grow past memory.
 
     Args:
-        temperature: ``T`` (0.2 for ResNets; 0.2 for ViT-S/B as well in the paper's recipes).
+        temperature: ``T`` (0.2, the paper's for ViTs; the authors' ResNet-50 runs use 1.0).
         projector_hidden_dim: hidden width of the projector and predictor (4096).
         projector_dim: their output width (256).
         projector_layers: Linear layers of the projector (2 for ResNets, 3 for ViTs); it ends

@@ -22,7 +22,7 @@ class SimSiam(ContrastiveMethod):
         projector_hidden_dim: hidden width of the projector (2048).
         projector_dim: its output width (2048); it ends in a BatchNorm without affine
             parameters, as the paper's.
-        projector_layers: its Linear layers (3; 2 on CIFAR in the paper).
+        projector_layers: its Linear layers (3).
         predictor_hidden_dim: the predictor's bottleneck (512).
         separate_views: forward each view on its own, each its own BatchNorm batch
             (:func:`~contrastive.methods.base.forward_views`).
