@@ -89,8 +89,9 @@ class DINO(MomentumMethod):
         freeze_last_layer_epochs: epochs during which the prototypes are not updated (1).
         base_momentum: teacher momentum at step 0 (0.996).
         final_momentum: at the last step (1.0).
-        representation: what ``embed`` returns: the ``teacher``'s backbone features (the
-            paper evaluates the teacher) or the ``student``'s.
+        representation: what ``embed`` returns: the ``student``'s backbone features (the
+            trained ``backbone``, which ``contrastive export`` writes) or the ``teacher``'s
+            (what the paper evaluates; an export, holding the backbone alone, is then skipped).
         separate_views: forward each view on its own, each its own BatchNorm batch
             (:func:`~contrastive.methods.base.forward_views`).
         **kwargs: :class:`ContrastiveMethod` arguments (backbone, augment, optimizer, ...).
@@ -112,7 +113,7 @@ class DINO(MomentumMethod):
         freeze_last_layer_epochs: int = 1,
         base_momentum: float = 0.996,
         final_momentum: float = 1.0,
-        representation: Literal["teacher", "student"] = "teacher",
+        representation: Literal["student", "teacher"] = "student",
         separate_views: bool = False,
         **kwargs,
     ) -> None:
