@@ -155,3 +155,38 @@ def test_simclr_and_byol_take_multi_crop_views(name):
         ids = torch.arange(8).repeat(5)
         expected = info_nce(anchors, anchors, ids, ids, 0.1, torch.arange(40))
         torch.testing.assert_close(model.loss_from_embeddings(embeddings, batch), expected)
+
+
+def test_moco_v3_trains_a_vit_from_timm():
+    from contrastive.methods import MoCoV3
+
+    vit = dict(img_size=16, patch_size=8, depth=1, embed_dim=32, num_heads=2)
+    model = MoCoV3(
+        backbone="timm:vit_tiny_patch16_224",
+        backbone_kwargs=vit,
+        projector_hidden_dim=16,
+        projector_dim=8,
+        predictor_hidden_dim=16,
+        projector_layers=3,  # the paper's projector for ViTs
+    )
+    model.training_loss(_batch(0)).backward()  # 16 px views
+    assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(
+    "name, bad, message",
+    [
+        ("MoCoV2", {"temperature": 0.0}, "temperature"),
+        ("MoCoV2", {"base_momentum": 0.9, "final_momentum": 0.5}, "base_momentum"),
+        ("MoCoV3", {"tile_size": 0}, "tile_size"),
+        ("DINO", {"student_temperature": 0.0}, "temperatures"),
+        ("DINO", {"center_momentum": 1.5}, "center_momentum"),
+        ("SwAV", {"sinkhorn_iterations": 0}, "sinkhorn_iterations"),
+        ("SwAV", {"queue_size": -1}, "queue_size"),
+        ("BarlowTwins", {"lambda_offdiag": -1.0}, "lambda_offdiag"),
+        ("NNCLR", {"temperature": -0.1}, "temperature"),
+    ],
+)
+def test_bad_hyper_parameters_are_named(name, bad, message):
+    with pytest.raises(ValueError, match=message):
+        _model(name, **bad)
