@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import timm
-import torch
 import torchvision.models as tvm
 from torch import nn
+
+from contrastive.checkpoints import read_checkpoint
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -102,7 +103,7 @@ def create_backbone(
     Raises:
         UnknownBackboneError: Unknown name; the message lists close matches.
         BackboneWeightsError: ``pretrained=True`` and the weights could not be fetched.
-        FileNotFoundError: ``checkpoint`` does not exist.
+        CheckpointError: ``checkpoint`` does not exist or cannot be read as data.
         RuntimeError: ``checkpoint`` keys or shapes do not fit the backbone.
     """
     prefix, rest = name.split(":", 1) if ":" in name else ("", name)
@@ -153,22 +154,22 @@ def _load_checkpoint(model: nn.Module, path: str, name: str) -> None:
 
 def load_weights(module: nn.Module, path: str | os.PathLike, prefix: str, what: str) -> None:
     """Load ``module``'s weights from a state_dict file or from the ``prefix`` keys of a
-    Lightning checkpoint, requiring an exact fit.
+    Lightning checkpoint, requiring an exact fit. The file is read as data only
+    (:func:`contrastive.checkpoints.read_checkpoint`): no pickle in it runs.
 
     Args:
         module: what to load into.
         path: a ``torch.save``'d state_dict, or a Lightning checkpoint.
         prefix: the module's key prefix in a Lightning checkpoint's ``state_dict``
             (``"backbone."``, ``"text_tower."``).
-        what: the module's name in error messages.
+        what: the module's name in error messages (``"backbone 'resnet18'"``).
 
     Raises:
-        FileNotFoundError: no file at ``path``.
+        CheckpointError: one line: no such file, not a complete checkpoint, or one that holds
+            more than tensors and plain values.
         RuntimeError: one line naming missing and unexpected keys and wrong shapes.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint for {what} not found: '{path}'")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path, f"checkpoint for {what}")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # Lightning
         full = state["state_dict"]
         state = {k.removeprefix(prefix): v for k, v in full.items() if k.startswith(prefix)}

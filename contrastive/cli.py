@@ -2,10 +2,13 @@
 
 ``contrastive fit|validate|test|predict --config X.yaml``; ``--model SimCLR`` or
 ``--model my_pkg.MyMethod`` picks a method by class path, ``--data`` a data module. Runs log to
-``runs/<name>/version_N`` (a new version per run, so nothing earlier is overwritten) and
-``--ckpt_path last`` continues the latest run that has a ``last.ckpt``. Without
-``--trainer.precision`` a run takes the fastest precision for its hardware
-(:func:`fastest_precision`).
+``runs/<name>/version_N`` (a new version per run, so nothing earlier is overwritten; ``fit``
+prints the folder at its start and end) and ``--ckpt_path last`` continues the latest run: its
+``last.ckpt`` if that loads, else its newest step checkpoint that does. Checkpoints are written
+atomically and read as data (:mod:`contrastive.checkpoint_io`, :mod:`contrastive.checkpoints`).
+Without ``--trainer.precision`` a run takes the fastest precision for its hardware
+(:func:`fastest_precision`). A typed mistake ends in one line and exit status 2
+(:mod:`contrastive.cli_errors`); ``--help`` prints the full usage.
 ``contrastive embed|similar --ckpt RUN.ckpt --images ...`` look at a trained embedding (see
 :mod:`contrastive.explore`). ``contrastive data <tool> ...`` runs a data tool from
 :mod:`contrastive.tools` (``contrastive data nga --root DIR`` downloads National Gallery of Art
@@ -17,34 +20,57 @@ with ``main(argv) -> int``, listed in ``main``'s ``data_tools``.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
+from argparse import ArgumentError
 from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import (
     ArgsType,
     LightningArgumentParser,
     LightningCLI,
     SaveConfigCallback,
 )
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import contrastive.datamodules  # noqa: F401  (registers the data modules' short names)
 import contrastive.methods  # noqa: F401  (registers the methods' short names)
 from contrastive.backbones import BackboneWeightsError, UnknownBackboneError, check_backbone_name
+from contrastive.checkpoint_io import AtomicCheckpointIO, Checkpoints, resume_checkpoint
+from contrastive.checkpoints import (
+    CheckpointError,
+    allow_working_folder,
+    check_class_paths,
+    import_guard,
+    read_checkpoint,
+)
+from contrastive.cli_errors import one_line
 from contrastive.datamodules.common import DataError
 from contrastive.export import ExportEncoder
-from contrastive.methods import ContrastiveMethod, NonFiniteLossError
+from contrastive.methods import ContrastiveMethod, NonFiniteError
 
 # Subcommands outside LightningCLI, for looking at a trained embedding (contrastive/explore.py).
 INSPECT_COMMANDS = ("embed", "similar")
+# Lightning's own names for --ckpt_path, resolved by the Trainer (``last`` is resolved here).
+SPECIAL_CKPT_PATHS = ("best", "hpc", "registry")
 
 
-class RunError(RuntimeError):
-    """A problem with the run's setup, reported to the user as one line."""
+class RunError(ValueError):
+    """A mistake in what the user typed for the run, reported as one line."""
+
+
+#: Errors whose message is already the one line the user sees (exit status 2).
+ONE_LINE_ERRORS = (RunError, UnknownBackboneError, BackboneWeightsError, DataError, CheckpointError)
+
+
+@rank_zero_only
+def say(message: str) -> None:
+    """One line to stderr, from the first process only."""
+    print(message, file=sys.stderr, flush=True)
 
 
 class SaveConfigNoOverwrite(SaveConfigCallback):
@@ -66,9 +92,14 @@ class SaveConfigNoOverwrite(SaveConfigCallback):
 
 class ContrastiveCLI(LightningCLI):
     """LightningCLI with the project's defaults: methods and data modules chosen by class path,
-    TensorBoard logs under ``runs/``, a checkpoint every N steps, resumable with ``last``."""
+    TensorBoard logs under ``runs/``, atomic checkpoints every N steps and at the end,
+    resumable with ``last``, and typed mistakes raised rather than printed with the usage."""
 
     def __init__(self, args: ArgsType = None, run: bool = True) -> None:
+        argv = sys.argv[1:] if args is None else args
+        # Modules whose classes a --ckpt_path's hyper-parameters may name: those typed.
+        typed = typed_class_paths(list(argv)) if isinstance(argv, (list, tuple)) else []
+        self.trusted = sorted({name.split(".")[0] for name in typed})
         super().__init__(
             ContrastiveMethod,
             LightningDataModule,
@@ -84,12 +115,15 @@ class ContrastiveCLI(LightningCLI):
                     "init_args": {"save_dir": "runs", "name": "contrastive"},
                 }
             },
+            # Errors are raised (main turns them into one line) instead of printed with the
+            # whole usage; the subcommands' parsers take this from the main one.
+            parser_kwargs={"exit_on_error": False},
             args=args,
             run=run,
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Checkpoints, "checkpoint")
         parser.add_lightning_class_args(ExportEncoder, "export")  # into the run folder at fit end
         parser.set_defaults(
             {
@@ -100,17 +134,63 @@ class ContrastiveCLI(LightningCLI):
             }
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:  # exit_on_error=False: raised instead of printed
+            argv = list(sys.argv[1:] if args is None else args)
+            raise RunError(one_line(err, argv, ONE_LINE_ERRORS, parser)) from None
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's own (the checkpoint's hyper-parameters become the model's config), after
+        the file is read as data and the classes it names are checked: only ``contrastive``'s,
+        its libraries' and those the user typed are imported."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not path or not Path(path).is_file():
+            return
+        what = f"--ckpt_path {path}"
+        hparams = read_checkpoint(path, what).get("hyper_parameters") or {}
+        hint = "name it on the command line (--model {class_path}) or in your --config"
+        check_class_paths(hparams, self.trusted, what, hint)
+        with import_guard(self.trusted, what, hint):
+            super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if "weights_only" in config and config.weights_only is None:
-            config.weights_only = True  # checkpoints hold tensors and plain values only
+        if config.get("weights_only") is False:
+            raise RunError("--weights_only false: checkpoints are only ever read as data")
         backbone = config.get("model.init_args.backbone")
         if isinstance(backbone, str):  # one clear line rather than jsonargparse's Union dump
             check_backbone_name(backbone)
-        if config.get("ckpt_path") == "last":
-            config.ckpt_path = str(_resume_latest_run(config.trainer))
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            config.ckpt_path = str(_resume_latest_run(config.trainer, self.subcommand))
+        elif ckpt_path not in (None, *SPECIAL_CKPT_PATHS) and "://" not in str(ckpt_path):
+            if not Path(ckpt_path).expanduser().is_file():
+                raise RunError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
         if config.get("trainer.precision") is None:  # not chosen by the config or the user
             config.trainer.precision = fastest_precision(config.get("trainer.accelerator"))
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, FileNotFoundError, CheckpointError) as err:
+            # A value a class refused (``--data.batch_size 0``), wrapped by jsonargparse.
+            raise RunError(one_line(err, [], ONE_LINE_ERRORS)) from err
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+    def before_fit(self) -> None:
+        say(f"run folder: {self.trainer.log_dir}")
+
+    def after_fit(self) -> None:
+        last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none"
+        say(f"run folder: {self.trainer.log_dir} (last checkpoint: {last})")
 
 
 def fastest_precision(accelerator: object) -> str:
@@ -126,38 +206,67 @@ def fastest_precision(accelerator: object) -> str:
     return "32-true"
 
 
-def _resume_latest_run(trainer_config) -> Path:
-    """Point the logger at the latest run with a ``last.ckpt`` and return that checkpoint."""
+def _resume_latest_run(trainer_config, subcommand: str | None) -> Path:
+    """Point the logger at the latest run with a checkpoint and return what to load from it:
+    its ``last.ckpt`` if that loads, else its newest step checkpoint that does."""
     logger = trainer_config.get("logger")
     init = getattr(logger, "init_args", None)
     if init is None or init.get("save_dir") is None:
         raise RunError("--ckpt_path last needs a logger with a save_dir to find earlier runs")
     root = Path(init.save_dir) / (init.get("name") or "")
-    versions = [p for p in root.glob("version_*") if (p / "checkpoints" / "last.ckpt").is_file()]
+    versions = [p for p in root.glob("version_*") if any((p / "checkpoints").glob("*.ckpt"))]
     if not versions:
-        raise RunError(f"--ckpt_path last: no earlier run with checkpoints/last.ckpt under {root}")
+        raise RunError(f"--ckpt_path last: no earlier run with checkpoints under {root}")
     latest = max(versions, key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
+    path, step, note = resume_checkpoint(latest / "checkpoints")
+    if note:
+        say(f"warning: --ckpt_path last: {note}")
+    say(f"{'resuming' if subcommand == 'fit' else 'loading'} {path} (step {step})")
     init.version = latest.name
-    return latest / "checkpoints" / "last.ckpt"
+    return path
+
+
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+def typed_class_paths(argv: list[str]) -> list[str]:
+    """Dotted names the user typed: command-line values and the ``class_path`` entries of the
+    ``--config`` files named (the classes a run may import from the working folder)."""
+    found = []
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
+        found.append(value)
+        is_config = arg in ("--config", "-c") or arg.startswith("--config=")
+        config = argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else value
+        if is_config and Path(config).is_file():
+            text = Path(config).read_text(errors="replace")
+            found += re.findall(r"class_path:\s*['\"]?([\w.]+)", text)
+    return [v for v in found if _DOTTED.match(v)]
+
+
+def _fail(message: str, status: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(status)
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of the ``contrastive`` console script."""
-    # Like `python -m`, let --model my_pkg.MyMethod find packages in the working directory.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    argv = sys.argv[1:] if args is None else args
-    if isinstance(argv, (list, tuple)) and argv and argv[0] in INSPECT_COMMANDS:
+    """Entry point of the ``contrastive`` console script.
+
+    Exit status: 0 done, 1 a run that failed (a non-finite loss), 2 a typed mistake (one line),
+    143 stopped by SIGTERM or Ctrl-C (``last.ckpt`` written).
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in INSPECT_COMMANDS:
         from contrastive.explore import main as explore_main  # PIL and drawing: only when asked
 
-        explore_main(list(argv))
+        explore_main(argv)
         return
-    if isinstance(argv, (list, tuple)) and argv and argv[0] == "export":
+    if argv and argv[0] == "export":
         from contrastive.export import main as export_main
 
-        export_main(list(argv[1:]))
+        export_main(argv[1:])
         return
-    if isinstance(argv, (list, tuple)) and argv and argv[0] == "data":
+    if argv and argv[0] == "data":
         # Data tools: `contrastive data <tool> ...`, each a module with main(argv) -> int.
         import importlib
 
@@ -175,17 +284,17 @@ def main(args: ArgsType = None) -> None:
         if status:
             raise SystemExit(status)
         return
+    # Like `python -m`, --model my_pkg.MyMethod finds my_pkg in the working folder; the folder
+    # goes on the import path only for such a class the user typed.
+    allow_working_folder(typed_class_paths(argv))
     try:
         ContrastiveCLI(args=args)
-    except (
-        NonFiniteLossError,
-        RunError,
-        UnknownBackboneError,
-        BackboneWeightsError,
-        DataError,
-    ) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+    except ONE_LINE_ERRORS as err:
+        _fail(str(err), 2)
+    except NonFiniteError as err:
+        _fail(str(err), 1)
+    except SIGTERMException:
+        raise SystemExit(143) from None
 
 
 if __name__ == "__main__":

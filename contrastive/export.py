@@ -37,6 +37,7 @@ from contrastive.backbones import (
     UnknownBackboneError,
     create_backbone,
 )
+from contrastive.checkpoints import allow_working_folder
 from contrastive.encoder import (
     CONFIG,
     FILES,
@@ -293,7 +294,7 @@ def wise_ft_base_parts(spec: str, method: LightningModule) -> dict[str, dict[str
     """The weights WiSE-FT interpolates towards: ``"pretrained"`` rebuilds the backbone as the
     run's config did before training; otherwise ``spec`` is a checkpoint."""
     if spec != "pretrained":
-        base, _ = load_checkpoint(spec)
+        base, _ = load_checkpoint(spec, what="--wise-ft-base")
         return encoder_parts(base)
     name = method.hparams.get("backbone")
     kwargs = dict(method.hparams.get("backbone_kwargs") or {})
@@ -308,15 +309,19 @@ def wise_ft_base_parts(spec: str, method: LightningModule) -> dict[str, dict[str
         raise ExportError(f"--wise-ft-base pretrained: {err}") from None
 
 
-def load_checkpoint(ckpt: str | os.PathLike) -> tuple[LightningModule, dict]:
-    """The method saved in ``ckpt`` (eval, CPU) and its data module's hyper-parameters."""
-    from contrastive.explore import ExploreError, load_method
+def load_checkpoint(
+    ckpt: str | os.PathLike, trusted: list[str] = (), what: str = "--ckpt"
+) -> tuple[LightningModule, dict]:
+    """The method saved in ``ckpt`` (eval, CPU) and its data module's hyper-parameters, through
+    the one checkpoint loader (:mod:`contrastive.checkpoints`: data only, and classes outside
+    ``contrastive`` only from ``trusted`` modules)."""
+    from contrastive.checkpoints import CheckpointError, load_method, read_checkpoint
 
     try:
-        method, _ = load_method(ckpt, torch.device("cpu"))
-    except ExploreError as err:
+        method, _ = load_method(ckpt, torch.device("cpu"), trusted, what=what)
+        state = read_checkpoint(ckpt, what)
+    except CheckpointError as err:
         raise ExportError(str(err)) from None
-    state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
     return method, dict(state.get("datamodule_hyper_parameters") or {})
 
 
@@ -355,6 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="contrastive export", description="Write a trained encoder to a folder.")
     parser.add_argument("--ckpt", required=True, help="a checkpoint of a ContrastiveMethod")
+    parser.add_argument(
+        "--trust-module",
+        dest="trust",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module outside contrastive whose classes --ckpt may name (its code runs when "
+        "the checkpoint loads); repeatable",
+    )
     parser.add_argument("--out", required=True, help="a new or empty folder")
     parser.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors")
     parser.add_argument(
@@ -377,8 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> None:
     """Run ``contrastive export``; mistakes end with one line and exit code 1."""
     args = build_parser().parse_args(argv)
+    allow_working_folder(args.trust)
     try:
-        method, data = load_checkpoint(args.ckpt)
+        method, data = load_checkpoint(args.ckpt, args.trust)
         out = export_encoder(
             method,
             args.out,

@@ -13,6 +13,7 @@ from contrastive.backbones import (
     list_backbones,
     register_backbone,
 )
+from contrastive.checkpoints import CheckpointError
 
 # Extra arguments for small 32 px inputs; every other name is built with its defaults.
 KWARGS = {"timm:vit_tiny_patch16_224": {"img_size": 32}}
@@ -141,7 +142,7 @@ def test_lightning_checkpoint_without_backbone_keys(tmp_path):
 
 def test_missing_checkpoint_file(tmp_path):
     path = str(tmp_path / "nope.pt")
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
+    with pytest.raises(CheckpointError, match="no checkpoint file at .*nope.pt"):
         create_backbone("small_cnn", checkpoint=path)
 
 

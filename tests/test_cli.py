@@ -53,18 +53,6 @@ class MyMethod(SimCLR):
         return loss
 
 
-class NaNAtStep(SimCLR):
-    """SimCLR whose loss turns NaN at a chosen step."""
-
-    def __init__(self, nan_step: int = 2, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.nan_step = nan_step
-
-    def training_loss(self, batch: dict) -> torch.Tensor:
-        loss = super().training_loss(batch)
-        return loss * float("nan") if self.global_step == self.nan_step else loss
-
-
 class StopAtStep(Callback):
     """Simulates an interrupted run: an error after a given number of steps."""
 
@@ -190,23 +178,6 @@ def test_print_config_shows_the_resolved_method(capsys):
     assert printed["data"]["class_path"] == "contrastive.datamodules.ShapesDataModule"
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--model=SimCLR", "--model.temperatur=0.1"], "temperatur"),
-        (["--model=SimCLR", "--model.temperature=warm"], "temperature"),
-        (["--config=missing.yaml"], "missing.yaml"),
-        (["--model=NoSuchMethod"], "NoSuchMethod"),
-    ],
-)
-def test_config_errors_are_one_clear_message_not_a_traceback(args, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        run("fit", *args)
-    assert exit_info.value.code != 0
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
-
-
 def test_a_subclass_defined_in_a_test_file_trains_through_model(capsys):
     run(
         "fit",
@@ -250,37 +221,23 @@ def test_a_new_run_never_overwrites_an_earlier_one():
     assert sorted(p.name for p in Path("runs/contrastive").iterdir()) == ["version_0", "version_1"]
 
 
-def test_an_unknown_backbone_is_a_one_line_error_with_close_matches(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        run("fit", "--model=SimCLR", "--model.backbone=resnt18", "--trainer.max_steps=1")
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "resnt18" in err and "resnet18" in err
-
-
 def test_resume_without_an_earlier_run_is_a_one_line_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         run("fit", "--model=SimCLR", *TINY, "--ckpt_path=last")
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no earlier run" in err
 
 
-def test_a_nan_loss_stops_cleanly_naming_the_step_and_keeps_the_last_good_checkpoint(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        run(
-            "fit",
-            f"--model={__name__}.NaNAtStep",
-            "--model.nan_step=2",
-            *TINY,
-            "--checkpoint.every_n_train_steps=1",
-            "--trainer.max_steps=5",
-        )
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "at step 2" in err and "last.ckpt" in err
-    kept = torch.load("runs/contrastive/version_0/checkpoints/last.ckpt", weights_only=True)
-    assert kept["global_step"] == 2
-    assert all(
-        torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point()
-    )
+def test_fit_prints_its_run_folder_at_the_start_and_at_the_end(capsys):
+    run("fit", "--model=SimCLR", *TINY, "--trainer.max_steps=1")
+    run("fit", "--model=SimCLR", *TINY, "--trainer.max_steps=1")
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("run folder:")]
+    last = "runs/contrastive/version_1/checkpoints/last.ckpt"
+    assert lines == [
+        "run folder: runs/contrastive/version_0",
+        "run folder: runs/contrastive/version_0 (last checkpoint: "
+        "runs/contrastive/version_0/checkpoints/last.ckpt)",
+        "run folder: runs/contrastive/version_1",
+        f"run folder: runs/contrastive/version_1 (last checkpoint: {last})",
+    ]

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from contrastive.checkpoints import CheckpointError
 from contrastive.datamodules.shape_triplets import ShapesTripletDataModule
 from contrastive.methods import CLIP, Conditional
 from contrastive.methods.conditional import resolve_checkpoint
@@ -185,10 +186,10 @@ def test_towers_that_do_not_fit_are_one_clear_error(tmp_path):
     _, path = clip_checkpoint(tmp_path, width=8)
     with pytest.raises(RuntimeError, match=r"does not fit this model's backbone: wrong shapes"):
         model(towers=path, image_embed_dim=16, text_projection=True)
-    with pytest.raises(FileNotFoundError, match="towers: checkpoint not found"):
+    with pytest.raises(CheckpointError, match="towers: no checkpoint file at"):
         model(towers=str(tmp_path / "run" / "version_0" / "checkpoints" / "nothing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no checkpoints/last.ckpt under the folder"):
+    with pytest.raises(CheckpointError, match="no checkpoints/last.ckpt under the folder"):
         model(towers=str(tmp_path / "empty"))
 
 
@@ -299,5 +300,5 @@ def test_restoring_a_checkpoint_does_not_read_the_towers_again(tmp_path):
         model(towers=str(tmp_path / "moved-away"))  # the checkpoint's weights will be loaded
     finally:
         _RESTORING.reset(token)
-    with pytest.raises(FileNotFoundError, match="towers: checkpoint not found"):
+    with pytest.raises(CheckpointError, match="towers: no checkpoint file at"):
         model(towers=str(tmp_path / "moved-away"))

@@ -13,7 +13,8 @@ from PIL import Image
 from test_cli import TINY
 
 from contrastive.cli import main
-from contrastive.explore import nearest, top_pairs, top_pairs_faiss
+from contrastive.collection import read_ids
+from contrastive.pairs import nearest, top_pairs, top_pairs_faiss
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +75,7 @@ def test_embed_folder(ckpt, folder, tmp_path, capsys):
     out = tmp_path / "emb.npy"
     _cli("embed", "--ckpt", str(ckpt), "--images", str(folder), "--out", str(out))
     z = np.load(out)
-    ids = (tmp_path / "emb.ids.txt").read_text().splitlines()
+    ids = read_ids(tmp_path / "emb.ids.jsonl")
     expected = sorted(
         p for p in folder.rglob("*.png") if p.name != "broken.png"
     )  # sorted paths, the corrupt one skipped
@@ -88,7 +89,7 @@ def test_embed_folder(ckpt, folder, tmp_path, capsys):
 
     with pytest.raises(SystemExit) as exit_info:  # never overwrites
         _cli("embed", "--ckpt", str(ckpt), "--images", str(folder), "--out", str(out))
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     assert "exists" in capsys.readouterr().err
     _cli("embed", "--ckpt", str(ckpt), "--images", str(folder), "--out", str(out), "--overwrite")
 
@@ -98,13 +99,13 @@ def test_embed_manifest_and_shapes(ckpt, folder, tmp_path):
     manifest.write_text("# two images\nimg3.png\n\nsub/gray.png\n" + f"{folder / 'img0.png'}\n")
     out = tmp_path / "m.npy"
     _cli("embed", "--ckpt", str(ckpt), "--images", str(manifest), "--out", str(out))
-    ids = (tmp_path / "m.ids.txt").read_text().splitlines()
+    ids = read_ids(tmp_path / "m.ids.jsonl")
     assert ids == [str(folder / "img3.png"), str(folder / "sub/gray.png"), str(folder / "img0.png")]
     assert np.load(out).shape[0] == 3
 
     out = tmp_path / "s.npy"
     _cli("embed", "--ckpt", str(ckpt), "--images", "shapes:64", "--out", str(out))
-    ids = (tmp_path / "s.ids.txt").read_text().splitlines()
+    ids = read_ids(tmp_path / "s.ids.jsonl")
     assert ids == [f"shapes:test:{i}" for i in range(64)]
     assert np.load(out).shape[0] == 64
 
@@ -118,12 +119,12 @@ def test_user_mistakes_are_one_line(ckpt, tmp_path, monkeypatch, capsys, images,
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         _cli("embed", "--ckpt", str(ckpt), "--images", images, "--out", "x.npy")
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     with pytest.raises(SystemExit):
         _cli("embed", "--ckpt", "nope.ckpt", "--images", "empty", "--out", "x.npy")
-    assert "checkpoint not found: nope.ckpt" in capsys.readouterr().err
+    assert "--ckpt: no checkpoint file at nope.ckpt" in capsys.readouterr().err
 
 
 def _table(stdout: str) -> list[list[str]]:

@@ -4,8 +4,9 @@ torchvision downloads and checks them (``download=True``, in ``prepare_data`` on
 process per machine fetches); this module then reads the files it left straight into numpy
 arrays: the CIFAR pickle batches and STL-10's binary files (memory-mapped: its 100,000
 unlabeled images are 2.8 GB). Items are uint8 tensors already, with none of the per-item PIL
-round trip of the torchvision dataset classes. The pickles are read with ``pickle``, as
-torchvision reads them: only use files from the official archives.
+round trip of the torchvision dataset classes. The CIFAR pickles are read by an unpickler that
+admits numpy arrays, lists, dicts, numbers, bytes and str and nothing else, so a planted batch
+file cannot run code: it is refused with one line naming it.
 
 =========  ===================================  ================================  ==========
 name       folder under ``root``                labels                            native px
@@ -23,6 +24,7 @@ validation.
 
 from __future__ import annotations
 
+import codecs
 import pickle
 from pathlib import Path
 from typing import NamedTuple
@@ -34,6 +36,13 @@ from torch.utils.data import Dataset
 
 from contrastive.datamodules.common import BankQueryDataModule, DataError, Tokenizer
 from contrastive.datamodules.images import resize_center_crop
+
+try:  # numpy >= 2
+    from numpy._core import multiarray as _multiarray
+    from numpy._core import numeric as _numeric
+except ImportError:  # numpy 1
+    from numpy.core import multiarray as _multiarray
+    from numpy.core import numeric as _numeric
 
 
 class VisionSetMissingError(DataError, FileNotFoundError):
@@ -87,9 +96,39 @@ class Split(NamedTuple):
     labels: dict[str, np.ndarray] | None
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles numpy arrays and plain values; any other class or function is refused.
+
+    What the CIFAR archives (Python 2 pickles) and a numpy array pickled by Python 3 name:
+    the array's reconstructor, ``ndarray``, ``dtype`` and, for bytes, ``_codecs.encode``.
+    """
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
+        ("numpy.core.numeric", "_frombuffer"): _numeric._frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): _numeric._frombuffer,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return self.ALLOWED[(module, name)]
+        raise pickle.UnpicklingError(f"it names {module}.{name}")
+
+
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")  # the archives hold Python 2 pickles
+    """A CIFAR batch file: numpy arrays and plain values only (see :class:`_ArraysOnly`)."""
+    try:
+        with open(path, "rb") as f:
+            return _ArraysOnly(f, encoding="latin1").load()  # the archives: Python 2 pickles
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
+        raise DataError(
+            f"{path}: not a CIFAR batch ({err}); only numpy arrays, lists, dicts, bytes and "
+            "str are read from it"
+        ) from None
 
 
 def _cifar_split(folder: Path, files: list[str], label_keys: dict[str, str]) -> Split:

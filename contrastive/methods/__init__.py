@@ -1,7 +1,7 @@
 """Methods: one LightningModule each, all subclasses of :class:`ContrastiveMethod`."""
 
 from contrastive.methods.barlow_twins import BarlowTwins
-from contrastive.methods.base import ContrastiveMethod, NonFiniteLossError
+from contrastive.methods.base import ContrastiveMethod, NonFiniteError
 from contrastive.methods.byol import BYOL
 from contrastive.methods.clip import CLIP
 from contrastive.methods.conditional import Conditional
@@ -27,7 +27,7 @@ __all__ = [
     "MoCoV2",
     "MoCoV3",
     "MomentumMethod",
-    "NonFiniteLossError",
+    "NonFiniteError",
     "SimCLR",
     "SimSiam",
     "SupCon",

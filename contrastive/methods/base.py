@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from contrastive import distributed
 from contrastive.augment import Augment
 from contrastive.backbones import create_backbone
+from contrastive.checkpoint_io import good_checkpoint
 from contrastive.datamodules.common import SkipReport, Tokenizer
 from contrastive.gradcache import Embeddings, check_chunk_size, embed_in_chunks
 from contrastive.losses import Tiling, info_nce, info_nce_tiled
@@ -34,8 +35,9 @@ from contrastive.metrics import Alignment, EffectiveRank, EmbeddingStd, KNNAccur
 from contrastive.queue import EmbeddingQueue
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised when the training loss is NaN or Inf; training stops before the bad update."""
+class NonFiniteError(RuntimeError):
+    """The loss or the weights stopped being finite; training stops and no checkpoint is written
+    from them. The message names the newest step checkpoint that is good to resume from."""
 
 
 class ContrastiveMethod(LightningModule):
@@ -292,13 +294,31 @@ class ContrastiveMethod(LightningModule):
         # All ranks stop together: one rank raising alone would leave the others waiting.
         finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)))
         if not finite:
-            last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none"
-            raise NonFiniteLossError(
+            # This step's weights gave the bad loss: the good checkpoint is an earlier step's.
+            good = good_checkpoint(self.trainer, self.global_step - 1)
+            raise NonFiniteError(
                 f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
-                f"training stopped before the update; last good checkpoint: {last}"
+                f"training stopped before the update; last good checkpoint: {good}"
             )
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
         return loss
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        """Lightning's step, then a check that the updated weights are finite.
+
+        A huge learning rate can leave finite losses and weights of 1e30 whose next forward is
+        NaN; checking after each update keeps such weights out of every checkpoint (checkpoints
+        are written after the step). Weights are the same on every rank, so all ranks stop
+        together.
+        """
+        step = self.global_step
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if not weights_finite([p for group in optimizer.param_groups for p in group["params"]]):
+            raise NonFiniteError(
+                f"weights are not finite after the update of step {step} (epoch {epoch}); "
+                f"training stopped, no checkpoint written from them; last good checkpoint: "
+                f"{good_checkpoint(self.trainer, step)}"
+            )
 
     def configure_optimizers(self) -> dict:
         decay, no_decay = [], []
@@ -468,6 +488,18 @@ class ContrastiveMethod(LightningModule):
         ]
         if self.trainer.is_global_zero:
             print(knn_report(rows, self.knn_k))
+
+
+def weights_finite(tensors: list[Tensor]) -> bool:
+    """Whether every tensor is finite, in one fused reduction and one host sync.
+
+    The sum of the tensors' L2 norms (``torch._foreach_norm``: one kernel per device and dtype)
+    is finite only when every element is, and when no tensor is so large that its squares
+    overflow (weights of 1e30 in float32: finite, but their next forward is not).
+    """
+    if not tensors:
+        return True
+    return bool(torch.stack(torch._foreach_norm(tensors)).sum().isfinite())
 
 
 def forward_views(

@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from contrastive.crossmodal import CrossModalRetrieval, text_ids, zero_shot_logits
 from contrastive.crossmodal import zero_shot_weights as make_zero_shot_weights
+from contrastive.datamodules.common import DataError
 from contrastive.gradcache import Embeddings, by_sample, by_view
 from contrastive.heads import ProjectionHead
 from contrastive.losses import Tiling, clip_loss, siglip_loss
@@ -284,7 +285,12 @@ class CLIP(ContrastiveMethod):
         prompts = self.prompts or {attr: list(DEFAULT_PROMPTS) for attr in names}
         unknown = sorted(set(prompts) - set(names))
         if unknown:
-            raise ValueError(f"prompts name attributes the data has no class names for: {unknown}")
+            known = ", ".join(names) or "none"
+            raise DataError(
+                f"--model.prompts names attributes the data has no class names for: {unknown} "
+                f"(the data's: {known}); pass --model.prompts null to skip zero-shot "
+                "evaluation, or name the data's attributes"
+            )
         self.zero_shot_prompts = {a: (names[a], templates) for a, templates in prompts.items()}
         runs = ("trained", "random") if stage == "test" else ("trained",)
         self.zero_shot = nn.ModuleDict(

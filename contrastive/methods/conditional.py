@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from contrastive import distributed
 from contrastive.backbones import load_weights
+from contrastive.checkpoints import CheckpointError
 from contrastive.conditional_eval import (
     SCORERS,
     ConditionalModel,
@@ -360,15 +361,19 @@ class Conditional(ContrastiveMethod):
 
 
 def resolve_checkpoint(path: str) -> Path:
-    """A checkpoint file, or a run folder's newest ``**/checkpoints/last.ckpt``."""
+    """A checkpoint file, or a run folder's newest ``**/checkpoints/last.ckpt``.
+
+    Raises:
+        CheckpointError: one line naming ``towers`` and the path.
+    """
     p = Path(path).expanduser()
     if p.is_dir():
         found = sorted(p.glob("**/checkpoints/last.ckpt"), key=lambda f: f.stat().st_mtime)
         if not found:
-            raise FileNotFoundError(f"towers: no checkpoints/last.ckpt under the folder '{path}'")
+            raise CheckpointError(f"towers: no checkpoints/last.ckpt under the folder {path}")
         return found[-1]
     if not p.is_file():
-        raise FileNotFoundError(f"towers: checkpoint not found: '{path}'")
+        raise CheckpointError(f"towers: no checkpoint file at {path}")
     return p
 
 

@@ -99,14 +99,16 @@ def embed_items(items: list[Item], args: argparse.Namespace):
     """
     import torch
 
-    from contrastive import explore
+    from contrastive import collection
     from contrastive.backbones import BackboneWeightsError, UnknownBackboneError, create_backbone
+    from contrastive.checkpoints import CheckpointError, allow_working_folder, load_method
     from contrastive.encoder import Encoder
 
-    device = explore.resolve_device(args.device)
+    device = collection.resolve_device(args.device)
     try:
         if args.ckpt is not None:
-            model, size = explore.load_method(args.ckpt, device)
+            allow_working_folder(args.trust)
+            model, size = load_method(args.ckpt, device, args.trust, what="--ckpt")
         else:
             named = {None: False, "true": True, "false": False}
             weights: bool | str = named.get(args.pretrained, args.pretrained)
@@ -115,12 +117,19 @@ def embed_items(items: list[Item], args: argparse.Namespace):
                 backbone = create_backbone(args.backbone, pretrained=weights)
             model = Encoder(backbone).eval().to(device)
             size = model.image_size
-        image_size = args.image_size or size or explore.DEFAULT_IMAGE_SIZE
-        source = explore.ImageSource([str(i.path) for i in items], paths=[i.path for i in items])
-        emb = explore.embed_source(
+        image_size = args.image_size or size or collection.DEFAULT_IMAGE_SIZE
+        paths = [i.path for i in items]
+        source = collection.ImageSource([str(p) for p in paths], paths=paths)
+        emb = collection.embed_source(
             model, source, image_size, device, args.batch_size, progress=False
         )
-    except (explore.ExploreError, UnknownBackboneError, FileNotFoundError, ValueError) as err:
+    except (
+        collection.ExploreError,
+        CheckpointError,
+        UnknownBackboneError,
+        FileNotFoundError,
+        ValueError,
+    ) as err:
         raise InputError(str(err)) from None  # ValueError: e.g. small_cnn with --pretrained
     except BackboneWeightsError as err:
         raise InputError(f"--backbone {args.backbone}: {err}") from None
@@ -135,7 +144,7 @@ def embed_items(items: list[Item], args: argparse.Namespace):
 
 def make_neighbor_pairs(items: list[Item], args: argparse.Namespace, n: int, rng: random.Random):
     """:func:`neighbor_pairs` over the embeddings of :func:`embed_items`."""
-    from contrastive.explore import nearest
+    from contrastive.pairs import nearest
 
     z, rows, skipped = embed_items(items, args)
     if len(rows) < 2:
@@ -347,6 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
     near.add_argument("--pretrained", help="its weights: true, an open_clip tag, or a file")
     near.add_argument(
         "--ckpt", metavar="PATH", help="a trained method's checkpoint, instead of --backbone"
+    )
+    near.add_argument(
+        "--trust-module",
+        dest="trust",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module outside contrastive whose classes --ckpt may name (its code runs when "
+        "the checkpoint loads); repeatable",
     )
     near.add_argument("--k", type=int, default=5, help="pair among the k nearest (default 5)")
     near.add_argument("--neighbors-text", default=NEIGHBORS_TEXT, help="their condition text")

@@ -1,0 +1,201 @@
+"""Every mistake a user types, as one line: what jsonargparse and the classes report, condensed.
+
+The ``contrastive`` parser runs with ``exit_on_error=False``, so jsonargparse raises its error
+instead of printing the usage and a nested report; :func:`one_line` reads the chain of
+exceptions it raised (``__cause__``): the keys on the way down (``Parser key "model"``), the
+class being configured, and the root cause (an unknown option, a wrong type, a missing class,
+a value a class refused), and says it in one line with close matches where they help. An error
+of the project's own that is already one line (a :class:`~contrastive.datamodules.common.DataError`,
+a checkpoint error, ...) anywhere in the chain is used as it is.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+_KEY = re.compile(r'Parser key "([^"]+)"')
+_CLASS = re.compile(r"(?:Problem with given class_path |class_path=)'([\w.]+)'")
+_OPTION = re.compile(r"Option '([^']+)' is not accepted")
+_EXPECTED = re.compile(r"Expected a <class '([\w.]+)'>\. Got value: (.*)")
+_NO_ATTRIBUTE = re.compile(r"module '([\w.]+)' has no attribute '(\w+)'")
+_SHORT_NAME = re.compile(r"Expected a dot import path string: (\S+)")
+_UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)")
+_NO_FILE = re.compile(r"File does not exist: '?([^']+)'?")
+
+# Base classes whose subclasses a key takes, for the "did you mean" of an unknown class name.
+_BASES = {
+    "model": ("contrastive.methods", "ContrastiveMethod", "method"),
+    "data": ("contrastive.datamodules", "LightningDataModule", "data module"),
+}
+
+
+def chain(error: BaseException) -> list[BaseException]:
+    """``error`` and its causes, outermost first."""
+    found: list[BaseException] = []
+    while error is not None and error not in found:
+        found.append(error)
+        error = error.__cause__ or error.__context__
+    return found
+
+
+def one_line(error: BaseException, argv: list[str], own: tuple[type, ...] = (), parser=None) -> str:
+    """The mistake behind ``error`` (raised by parsing or instantiating ``argv``) in one line.
+
+    Args:
+        error: what the parser or a configured class raised.
+        argv: the command line, to name the config file a YAML error is in.
+        own: the project's one-line error types, used as they are when in the chain.
+        parser: the parser that raised, for the close matches of an unknown option.
+    """
+    errors = chain(error)
+    for e in errors:
+        if own and isinstance(e, own):
+            return _first_line(e)
+    messages = [str(e) for e in errors]
+    keys: list[str] = []
+    for message in messages:
+        key = _KEY.match(message.strip())
+        if key and (not keys or keys[-1] != key.group(1)):
+            keys.append(key.group(1))
+    # The class being configured where it failed: the one named by the innermost message.
+    classes = [m.group(1) for m in map(_CLASS.search, reversed(messages)) if m][:1]
+    root = errors[-1]
+    text = "\n".join(messages)
+    key = "--" + ".init_args.".join(keys) if keys else ""
+
+    if "Problems parsing config" in text or isinstance(root, yaml.YAMLError):
+        return _yaml_error(argv)
+    if match := _UNRECOGNIZED.search(text):
+        return _unrecognized(match.group(1), argv, parser)
+    if match := _NO_FILE.search(text):
+        return f"{key or '--config'} {match.group(1)}: no such file"
+    if match := _OPTION.search(text):
+        return _unknown_option(key, match.group(1), classes)
+    if match := _NO_ATTRIBUTE.search(text):
+        module, name = match.groups()
+        return _unknown_class(key, f"{module}.{name}", module, name, keys)
+    if match := _SHORT_NAME.search(text):
+        return _unknown_class(key, match.group(1), None, match.group(1), keys)
+    if match := _EXPECTED.search(text):
+        expected, value = match.groups()
+        value = value.split("\n")[0]
+        return f"{key}: expected {_a(expected)}, got {value!r}"
+    where = _raised_in(root)
+    return f"{where + ': ' if where else ''}{_first_line(root)}"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _a(type_name: str) -> str:
+    name = type_name.rsplit(".", 1)[-1]
+    names = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+    return names.get(name, f"a {name}")
+
+
+def _matches(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def _unknown_option(key: str, option: str, classes: list[str]) -> str:
+    where = f"{key}.init_args.{option}" if key else f"--{option}"
+    if not classes:
+        return f"{where}: no such option"
+    class_path = classes[-1]
+    accepted = init_arguments(_resolve(class_path))
+    name = class_path.rsplit(".", 1)[-1]
+    return f"{where}: {name} takes no argument {option!r}{_matches(option, accepted)}"
+
+
+def _unknown_class(key: str, given: str, module: str | None, name: str, keys: list[str]) -> str:
+    key = key or "--model"
+    base = _BASES.get(keys[0]) if len(keys) == 1 else None
+    if base is not None:
+        known = _known_subclasses(*base[:2])
+        listing = f" (known: {', '.join(known)})"
+        return f"{key} {given}: no such {base[2]}{_matches(name, known)}{listing}"
+    known = [n for n in dir(sys.modules.get(module or "", None)) if not n.startswith("_")]
+    return f"{key} {given}: no such class{_matches(name, known)}"
+
+
+def _known_subclasses(module_name: str, base_name: str) -> list[str]:
+    module = importlib.import_module(module_name)
+    base = getattr(module, base_name, None)
+    if base is None:
+        from lightning.pytorch import LightningDataModule as base
+    names = [n for n in getattr(module, "__all__", dir(module)) if not n.startswith("_")]
+    return sorted(
+        n
+        for n in names
+        if inspect.isclass(getattr(module, n))
+        and issubclass(getattr(module, n), base)
+        and getattr(module, n) is not base
+    )
+
+
+def _unrecognized(arguments: str, argv: list[str], parser) -> str:
+    option = (arguments.split() or [arguments])[0].split("=", 1)[0]
+    subcommands = getattr(parser, "_subcommands_action", None)
+    subcommand = next((a for a in argv if not a.startswith("-")), None)
+    if subcommands is not None and subcommand in subcommands._name_parser_map:
+        parser = subcommands._name_parser_map[subcommand]
+    known = list(getattr(parser, "_option_string_actions", None) or {})
+    return f"{option}: no such option{_matches(option, known)}"
+
+
+def _yaml_error(argv: list[str]) -> str:
+    configs = [
+        argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else arg.split("=", 1)[1]
+        for i, arg in enumerate(argv)
+        if arg in ("--config", "-c") or arg.startswith("--config=")
+    ]
+    for config in configs:
+        try:
+            yaml.safe_load(Path(config).read_text())
+        except yaml.MarkedYAMLError as err:
+            mark = err.problem_mark
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            return f"--config {config}: YAML syntax error{where}: {err.problem}"
+        except (OSError, yaml.YAMLError) as err:
+            return f"--config {config}: {_first_line(err)}"
+    return "a value on the command line is not valid YAML"
+
+
+def _raised_in(error: BaseException) -> str:
+    """The class whose ``__init__`` raised ``error``, when it was one."""
+    traceback, owner = error.__traceback__, ""
+    while traceback is not None:
+        frame = traceback.tb_frame
+        if frame.f_code.co_name == "__init__" and "self" in frame.f_locals:
+            owner = type(frame.f_locals["self"]).__name__
+        traceback = traceback.tb_next
+    return owner
+
+
+def _resolve(class_path: str) -> type | None:
+    module, _, name = class_path.rpartition(".")
+    return getattr(sys.modules.get(module), name, None)
+
+
+def init_arguments(cls: type | None) -> list[str]:
+    """The ``__init__`` arguments a class takes, its bases' included where it passes
+    ``**kwargs`` on (as every method passes its base's)."""
+    names: list[str] = []
+    for klass in getattr(cls, "__mro__", ()):
+        if "__init__" not in vars(klass):
+            continue
+        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        names += [p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names
