@@ -15,9 +15,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
 import signal
 import sys
 import threading
@@ -33,16 +31,17 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from contrastive.checkpoints import CheckpointError, read_checkpoint
+from contrastive.files import atomic_writer, remove_partial_files
 
-TEMP_SUFFIX = ".partial"  # ".last.ckpt.<random>.partial": a checkpoint being written
 _STEP = re.compile(r"step=(\d+)")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to a temporary file beside the destination, fsync, rename over it.
 
-    A reader sees the old file or the new one; a kill leaves at most a ``*.partial`` file,
-    which :class:`Checkpoints` removes at the next start. Loading reads tensors and plain values
+    Written with :func:`contrastive.files.atomic_writer`: a reader sees the old file or the
+    new one; a kill leaves at most a ``.*.part`` file, which :class:`Checkpoints` removes at
+    the next start. Loading reads tensors and plain values
     only, whatever ``weights_only`` Lightning asks for.
     """
 
@@ -52,34 +51,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not _is_local_file_protocol(str(path)):
             super().save_checkpoint(checkpoint, path, storage_options)  # remote: fsspec's way
             return
-        atomic_save(checkpoint, Path(path))
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_writer(path, binary=True) as f:
+            torch.save(checkpoint, f)
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None):
         if not _is_local_file_protocol(str(path)):
             return super().load_checkpoint(path, map_location, weights_only=True)
         return read_checkpoint(path, "--ckpt_path")
-
-
-def atomic_save(checkpoint: dict[str, Any], path: Path) -> None:
-    """Write ``checkpoint`` to ``path`` through a fsync'd temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / f".{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
-    # os.open rather than mkstemp: the file gets the user's umask (0644), as any other.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a power cut
-    finally:
-        os.close(directory)
 
 
 def step_checkpoints(folder: Path) -> list[tuple[int, Path]]:
@@ -103,28 +82,38 @@ def good_checkpoint(trainer: Trainer, step: int) -> str:
 
 
 def resume_checkpoint(folder: Path) -> tuple[Path, int, str | None]:
-    """What ``--ckpt_path last`` resumes in a run's ``checkpoints`` folder.
+    """What ``--ckpt_path last`` resumes in a run's ``checkpoints`` folder: the newest state
+    that loads.
+
+    That is ``last.ckpt``, unless a step checkpoint is newer (a run killed between writing the
+    step file and ``last.ckpt``) or ``last.ckpt`` does not load; then the newest step
+    checkpoint that loads.
 
     Returns:
-        ``(path, step, note)``: ``last.ckpt`` if it loads (``note`` is ``None``), else the
-        newest step checkpoint that loads, with a one-line ``note`` saying why.
+        ``(path, step, note)``; ``note`` says, in one line, why it is not ``last.ckpt``.
 
     Raises:
         CheckpointError: nothing in the folder loads.
     """
-    last = folder / "last.ckpt"
+    last, last_step = folder / "last.ckpt", -1
     problem = f"{last} is missing"
     if last.is_file():
         try:
-            return last, int(read_checkpoint(last, "--ckpt_path last")["global_step"]), None
+            last_step = int(read_checkpoint(last, "--ckpt_path last")["global_step"])
+            problem = None
         except (CheckpointError, KeyError, TypeError, ValueError) as err:
             problem = f"{last} does not load ({err})"
-    for _, path in step_checkpoints(folder):
+    for named, path in step_checkpoints(folder):
+        if named <= last_step:
+            break
         try:
             step = int(read_checkpoint(path, "--ckpt_path last")["global_step"])
         except (CheckpointError, KeyError, TypeError, ValueError):
             continue
-        return path, step, f"{problem}; using {path.name}, the newest checkpoint that loads"
+        why = problem or f"{path.name} is newer than {last} (step {last_step})"
+        return path, step, f"{why}; using {path.name}, the newest checkpoint that loads"
+    if problem is None:
+        return last, last_step, None
     raise CheckpointError(f"--ckpt_path last: {problem}, and no step checkpoint in {folder} loads")
 
 
@@ -134,7 +123,7 @@ class Checkpoints(ModelCheckpoint):
     Besides every ``every_n_train_steps``: at the end of each fit, and when the run is stopped
     by SIGTERM or Ctrl-C (turned into SIGTERM: the step in progress ends first, as under
     Lightning's own SIGTERM handling, so the saved state is whole). Temporary files of a run
-    killed while writing (``*.partial``) are removed when a fit starts in the folder.
+    killed while writing (``.*.part``) are removed when a fit starts in the folder.
     """
 
     _previous_sigint: Any = None
@@ -142,12 +131,10 @@ class Checkpoints(ModelCheckpoint):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage == "fit" and trainer.is_global_zero and self.dirpath:
-            stale = list(Path(self.dirpath).glob(f".*{TEMP_SUFFIX}"))
-            for path in stale:
-                path.unlink(missing_ok=True)
-            if stale:
+            removed = remove_partial_files(Path(self.dirpath))
+            if removed:
                 rank_zero_info(
-                    f"removed {len(stale)} unfinished checkpoint file(s) of a killed run "
+                    f"removed {removed} unfinished checkpoint file(s) of a killed run "
                     f"from {self.dirpath}"
                 )
 

@@ -78,18 +78,20 @@ def load_compare_model(
 def check_output(path: Path, overwrite: bool) -> None:
     """Refuse, before any work, an output that exists (without ``--overwrite``), that is a
     folder, or that could not be written: under a file, or in a folder not writable."""
-    if path.is_dir():
-        raise ExploreError(f"--out {path}: is a folder; name a file")
-    if path.exists() and not overwrite:
-        raise ExploreError(f"--out {path}: exists; pass --overwrite to replace it")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:  # created later, from here down
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ExploreError(f"--out {path}: {folder} is a file, not a folder")
-    if not os.access(
-        folder, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids
-    ):
+    try:
+        if path.is_dir():
+            raise ExploreError(f"--out {path}: is a folder; name a file")
+        if path.exists() and not overwrite:
+            raise ExploreError(f"--out {path}: exists; pass --overwrite to replace it")
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:  # created later, from here on
+            folder = folder.parent
+        if not folder.is_dir():
+            raise ExploreError(f"--out {path}: {folder} is a file, not a folder")
+    except OSError as err:  # a folder on the way that cannot be entered
+        raise ExploreError(f"--out {path}: {err.strerror}") from None
+    effective = os.access in os.supports_effective_ids
+    if not os.access(folder, os.W_OK | os.X_OK, effective_ids=effective):
         raise ExploreError(f"--out {path}: cannot write in the folder {folder}")
 
 

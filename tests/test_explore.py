@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -221,3 +224,78 @@ def test_similar_compares_with_a_clip_model_from_the_registry(
         _cli("similar", "--ckpt", str(ckpt), "--images", str(folder), "--out",
              str(tmp_path / "x.png"), "--compare-ckpt", "open_clip:ViT-B-23")  # fmt: skip
     assert "close matches: open_clip:ViT-B-32" in capsys.readouterr().err
+
+
+# ---- outputs: checked before any work, never overwritten -----------------------------------
+
+
+@contextlib.contextmanager
+def _not_root():
+    """Permissions as a user other than root sees them (root writes in read-only folders)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(65534)  # nobody
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+
+
+@pytest.mark.parametrize("command", ["embed", "similar"])
+@pytest.mark.parametrize("where", ["read-only folder", "under a file", "a folder"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(
+    command, where, ckpt, folder, tmp_path, capsys
+):
+    if where == "read-only folder":
+        target = Path(tempfile.mkdtemp())  # in /tmp: others may enter its parents
+        (target / "keep.txt").write_text("kept")
+        target.chmod(0o555)
+        out, expected = target / "out.png", f"cannot write in the folder {target}"
+    elif where == "under a file":
+        (tmp_path / "a_file").write_text("kept")
+        out, expected = tmp_path / "a_file" / "sub" / "out.png", "a_file is a file, not a folder"
+    else:
+        (tmp_path / "out.png").mkdir()
+        out, expected = tmp_path / "out.png", "is a folder"
+    before = sorted(p.name for p in out.parent.iterdir()) if out.parent.is_dir() else None
+    try:
+        as_user = _not_root() if where == "read-only folder" else contextlib.nullcontext()
+        with as_user, pytest.raises(SystemExit) as exit_info:
+            _cli(command, "--ckpt", str(ckpt), "--images", str(folder), "--out", str(out))
+    finally:
+        if where == "read-only folder":
+            target.chmod(0o755)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and err.count("\n") == 0, err  # before embedding: no "embedded"
+    after = sorted(p.name for p in out.parent.iterdir()) if out.parent.is_dir() else None
+    assert after == before  # nothing written, nothing replaced
+    if where == "read-only folder":
+        assert (target / "keep.txt").read_text() == "kept"
+        shutil.rmtree(target)
+
+
+def test_a_newline_in_a_file_name_keeps_one_id_per_row(ckpt, folder, tmp_path, capsys):
+    odd = folder / "two\nlines.png"
+    shutil.copy(folder / "img1.png", odd)
+    shutil.copy(folder / "img3.png", folder / "tab\there.png")
+    out = tmp_path / "emb.npy"
+    _cli("embed", "--ckpt", str(ckpt), "--images", str(folder), "--out", str(out))
+    ids = read_ids(tmp_path / "emb.ids.jsonl")
+    z = np.load(out)
+    assert len(ids) == len(z) == 9 and str(odd) in ids
+    assert len((tmp_path / "emb.ids.jsonl").read_text().splitlines()) == len(z)
+    # the ids file is a manifest the next command reads back, row for row
+    again = tmp_path / "again.npy"
+    _cli("embed", "--ckpt", str(ckpt), "--images", str(tmp_path / "emb.ids.jsonl"),
+         "--out", str(again))  # fmt: skip
+    assert read_ids(tmp_path / "again.ids.jsonl") == ids
+    np.testing.assert_allclose(np.load(again), z, atol=1e-6)
+    capsys.readouterr()
+    _cli("similar", "--ckpt", str(ckpt), "--images", str(folder), "--top", "20",
+         "--out", str(tmp_path / "pairs.png"))  # fmt: skip
+    table = _table(capsys.readouterr().out)
+    assert len(table) == 20 and all(len(row) == 4 for row in table)  # one line, 4 cells a pair
+    shown = {json.loads(c) if c.startswith('"') else c for row in table for c in row[2:]}
+    assert str(odd) in shown and str(folder / "tab\there.png") in shown
