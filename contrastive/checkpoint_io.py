@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
@@ -130,8 +131,13 @@ class Checkpoints(ModelCheckpoint):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if stage == "fit" and trainer.is_global_zero and self.dirpath:
-            removed = remove_partial_files(Path(self.dirpath))
+        if (
+            stage == "fit"
+            and trainer.is_global_zero
+            and self.dirpath
+            and os.path.isdir(self.dirpath)
+        ):
+            removed = remove_partial_files(self.dirpath)
             if removed:
                 rank_zero_info(
                     f"removed {removed} unfinished checkpoint file(s) of a killed run "

@@ -12,10 +12,12 @@ its hyper-parameters, and imports only:
   folder, a data folder) unless trusted, whatever string leads to the import
   (:class:`ImportGuard`).
 
-The loading points: ``fit|validate|test|predict --ckpt_path`` (through
+The loading points: ``fit|validate|test|predict --ckpt_path`` (its hyper-parameters in
+``ContrastiveCLI._parse_ckpt_path``, its state through
 :class:`~contrastive.checkpoint_io.AtomicCheckpointIO`), ``embed``, ``similar`` and
-``similar --compare-ckpt``, ``data triplets --ckpt``, ``backbone_kwargs.checkpoint`` and
-``Conditional(towers=...)`` (through :func:`contrastive.backbones.load_weights`).
+``similar --compare-ckpt``, ``data triplets --ckpt``, ``export --ckpt`` and
+``--wise-ft-base``, ``backbone_kwargs.checkpoint`` and ``Conditional(towers=...)`` (through
+:func:`contrastive.backbones.load_weights`).
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 #: Libraries whose classes a checkpoint written by this project names besides its own:
 #: optimizers (``torch.optim.AdamW``, ``timm.optim.Lars``) and augmentations (``kornia``).
@@ -44,7 +47,7 @@ LIBRARIES = ("contrastive", "torch", "timm", "kornia")
 TRUST_FLAG = "--trust-module"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message is one line naming the file."""
 
 
@@ -64,6 +67,8 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[s
         CheckpointError: one line: no such file, not a complete checkpoint (a truncated file),
             or a pickle that names code (which loading would run).
     """
+    import torch  # here, so that the tools' parsers import this module without torch
+
     p = Path(path).expanduser()
     if not p.is_file():
         raise CheckpointError(f"{what}: no checkpoint file at {path}")
@@ -232,6 +237,7 @@ def load_method(
     if not isinstance(class_path, str) or "." not in class_path:
         raise CheckpointError(f"{what} {path}: not a contrastive checkpoint (no method class)")
     check_class_paths(hparams, trusted, what)
+    allow_working_folder(trusted)  # a module the user trusts may sit in the working folder
     module_name, _, class_name = class_path.rpartition(".")
     from contrastive.methods import ContrastiveMethod
 
@@ -247,6 +253,19 @@ def load_method(
         )
     image_size = (state.get("datamodule_hyper_parameters") or {}).get("image_size")
     return model.eval().to(device), image_size
+
+
+def add_trust_argument(parser, what: str = "--ckpt") -> None:
+    """``--trust-module MODULE`` (repeatable, into ``args.trust``) on an argparse parser."""
+    parser.add_argument(
+        TRUST_FLAG,
+        dest="trust",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help=f"a module outside contrastive whose classes {what} may name (its code runs when "
+        "the checkpoint loads); repeatable",
+    )
 
 
 def allow_working_folder(modules: Sequence[str]) -> None:

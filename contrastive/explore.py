@@ -23,12 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from contrastive.checkpoints import (
-    TRUST_FLAG,
-    CheckpointError,
-    allow_working_folder,
-    load_method,
-)
+from contrastive.checkpoints import CheckpointError, add_trust_argument, load_method
 from contrastive.collection import (
     DEFAULT_IMAGE_SIZE,
     ExploreError,
@@ -249,15 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     similar = commands.add_parser("similar", help="draw the most similar pairs of images")
     for sub in (embed, similar):
         sub.add_argument("--ckpt", required=True, help="a checkpoint of a ContrastiveMethod")
-        sub.add_argument(
-            TRUST_FLAG,
-            dest="trust",
-            action="append",
-            default=[],
-            metavar="MODULE",
-            help="a module outside contrastive whose classes the checkpoints may name (its code "
-            "runs when they load); repeat for several",
-        )
+        add_trust_argument(sub)
         sub.add_argument(
             "--images",
             required=True,
@@ -300,7 +287,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> None:
     """Run ``embed`` or ``similar``; user mistakes end with one line and exit code 2."""
     args = build_parser().parse_args(argv)
-    allow_working_folder(args.trust)
     try:
         run_embed(args) if args.command == "embed" else run_similar(args)
     except (ExploreError, CheckpointError) as err:

@@ -37,7 +37,7 @@ from contrastive.backbones import (
     UnknownBackboneError,
     create_backbone,
 )
-from contrastive.checkpoints import allow_working_folder
+from contrastive.checkpoints import add_trust_argument
 from contrastive.encoder import (
     CONFIG,
     FILES,
@@ -309,12 +309,9 @@ def wise_ft_base_parts(spec: str, method: LightningModule) -> dict[str, dict[str
         raise ExportError(f"--wise-ft-base pretrained: {err}") from None
 
 
-def load_checkpoint(
-    ckpt: str | os.PathLike, trusted: list[str] = (), what: str = "--ckpt"
-) -> tuple[LightningModule, dict]:
+def load_checkpoint(ckpt, trusted=(), what: str = "--ckpt") -> tuple[LightningModule, dict]:
     """The method saved in ``ckpt`` (eval, CPU) and its data module's hyper-parameters, through
-    the one checkpoint loader (:mod:`contrastive.checkpoints`: data only, and classes outside
-    ``contrastive`` only from ``trusted`` modules)."""
+    :mod:`contrastive.checkpoints` (classes outside ``contrastive`` from ``trusted`` only)."""
     from contrastive.checkpoints import CheckpointError, load_method, read_checkpoint
 
     try:
@@ -360,15 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="contrastive export", description="Write a trained encoder to a folder.")
     parser.add_argument("--ckpt", required=True, help="a checkpoint of a ContrastiveMethod")
-    parser.add_argument(
-        "--trust-module",
-        dest="trust",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="a module outside contrastive whose classes --ckpt may name (its code runs when "
-        "the checkpoint loads); repeatable",
-    )
+    add_trust_argument(parser)
     parser.add_argument("--out", required=True, help="a new or empty folder")
     parser.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors")
     parser.add_argument(
@@ -391,7 +380,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> None:
     """Run ``contrastive export``; mistakes end with one line and exit code 1."""
     args = build_parser().parse_args(argv)
-    allow_working_folder(args.trust)
     try:
         method, data = load_checkpoint(args.ckpt, args.trust)
         out = export_encoder(

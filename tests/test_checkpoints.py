@@ -196,6 +196,12 @@ def test_cifar_batches_never_unpickle_code(batch, marker, tmp_path):
     assert marker.exists()
 
 
+def test_export_never_unpickles_code(evil_pickle, marker, capsys):
+    err = refused(capsys, "export", "--ckpt", str(evil_pickle), "--out", "enc", code=1)
+    assert "refused" in err and not Path("enc").exists()
+    assert not marker.exists()
+
+
 # ---- a checkpoint that names a module outside contrastive -----------------------------------
 
 
@@ -273,6 +279,13 @@ def test_the_triplets_tool_imports_no_module_a_checkpoint_names(
     path = naming(real_ckpt, tmp_path, "_class_path", f"{planted}.Model")
     err = refused(capsys, "data", "triplets", "--images", str(images.parent), "--pairs",
                   "neighbors", "--ckpt", str(path), "--out", "t.jsonl")  # fmt: skip
+    assert f"--trust-module {planted}" in err
+    assert not marker.exists()
+
+
+def test_export_imports_no_module_a_checkpoint_names(real_ckpt, planted, marker, tmp_path, capsys):
+    path = naming(real_ckpt, tmp_path, "_class_path", f"{planted}.Model")
+    err = refused(capsys, "export", "--ckpt", str(path), "--out", "enc", code=1)
     assert f"--trust-module {planted}" in err
     assert not marker.exists()
 

@@ -19,6 +19,7 @@ from test_cli import TINY
 
 import contrastive
 from contrastive.cli import main
+from contrastive.collection import read_ids
 from contrastive.encoder import ExportError, load_encoder
 from contrastive.export import ExportEncoder, export_encoder
 from contrastive.methods import BYOL, SimCLR
@@ -72,7 +73,7 @@ def _embed(ckpt: Path, folder: Path, out: Path) -> tuple[np.ndarray, torch.Tenso
     """``contrastive embed`` of ``folder``, and the same files as uint8 ``(N, 3, 32, 32)``."""
     main(["embed", "--ckpt", str(ckpt), "--images", str(folder), "--out", str(out),
           "--device", "cpu", "--no-progress"])  # fmt: skip
-    ids = out.with_suffix(".ids.txt").read_text().split()
+    ids = read_ids(out.with_suffix(".ids.jsonl"))
     images = [np.asarray(Image.open(i).convert("RGB")) for i in ids]
     return np.load(out), torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
 
@@ -153,7 +154,7 @@ def test_export_never_overwrites_without_being_asked(cnn_run, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--ckpt", "missing.ckpt"], "checkpoint not found: missing.ckpt"),
+        (["--ckpt", "missing.ckpt"], "--ckpt: no checkpoint file at missing.ckpt"),
         (["--wise-ft", "1.5"], "--wise-ft takes alpha in [0, 1]"),
         (["--wise-ft-base", "pretrained"], "--wise-ft-base needs --wise-ft ALPHA"),
         (["--wise-ft", "0.5"], "--wise-ft-base pretrained: the backbone 'small_cnn' was trained"),
@@ -166,7 +167,8 @@ def test_export_mistakes_are_one_line(cnn_run, tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as info:
         _export(*args, "--out", tmp_path / "export")
     err = capsys.readouterr().err
-    assert info.value.code == 1 and message in err and len(err.strip().splitlines()) == 1
+    code = 2 if "invalid choice" in message else 1  # a parse error, as everywhere
+    assert info.value.code == code and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "export").exists()
 
 

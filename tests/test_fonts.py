@@ -208,7 +208,7 @@ def test_the_cli_says_when_no_font_is_found(tmp_path, monkeypatch, capsys):
             ]
         )
     err = capsys.readouterr().err
-    assert exit_info.value.code == 1 and "Traceback" not in err
+    assert exit_info.value.code == 2 and "Traceback" not in err
     assert "error: fonts: no usable font in 'fonts'" in err
 
 

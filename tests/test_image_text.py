@@ -97,7 +97,7 @@ def test_a_table_that_is_not_utf8_is_one_line_naming_the_file_and_byte(
     with pytest.raises(SystemExit) as exit_info:
         cli_main([*args, "--model.backbone_kwargs={width: 4}", "--trainer.max_steps=1"])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 1 and "Traceback" not in err
+    assert exit_info.value.code == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == f"error: {expected}"
 
 

@@ -65,6 +65,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
+from contrastive.checkpoints import add_trust_argument
 from contrastive.files import TableError, atomic_writer
 from contrastive.tools.describe import (
     AnswerCache,
@@ -101,14 +102,13 @@ def embed_items(items: list[Item], args: argparse.Namespace):
 
     from contrastive import collection
     from contrastive.backbones import BackboneWeightsError, UnknownBackboneError, create_backbone
-    from contrastive.checkpoints import CheckpointError, allow_working_folder, load_method
+    from contrastive.checkpoints import load_method
     from contrastive.encoder import Encoder
 
     device = collection.resolve_device(args.device)
     try:
         if args.ckpt is not None:
-            allow_working_folder(args.trust)
-            model, size = load_method(args.ckpt, device, args.trust, what="--ckpt")
+            model, size = load_method(args.ckpt, device, args.trust)
         else:
             named = {None: False, "true": True, "false": False}
             weights: bool | str = named.get(args.pretrained, args.pretrained)
@@ -118,18 +118,11 @@ def embed_items(items: list[Item], args: argparse.Namespace):
             model = Encoder(backbone).eval().to(device)
             size = model.image_size
         image_size = args.image_size or size or collection.DEFAULT_IMAGE_SIZE
-        paths = [i.path for i in items]
-        source = collection.ImageSource([str(p) for p in paths], paths=paths)
+        source = collection.ImageSource([str(i.path) for i in items], paths=[i.path for i in items])
         emb = collection.embed_source(
             model, source, image_size, device, args.batch_size, progress=False
         )
-    except (
-        collection.ExploreError,
-        CheckpointError,
-        UnknownBackboneError,
-        FileNotFoundError,
-        ValueError,
-    ) as err:
+    except (collection.ExploreError, UnknownBackboneError, FileNotFoundError, ValueError) as err:
         raise InputError(str(err)) from None  # ValueError: e.g. small_cnn with --pretrained
     except BackboneWeightsError as err:
         raise InputError(f"--backbone {args.backbone}: {err}") from None
@@ -357,15 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     near.add_argument(
         "--ckpt", metavar="PATH", help="a trained method's checkpoint, instead of --backbone"
     )
-    near.add_argument(
-        "--trust-module",
-        dest="trust",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="a module outside contrastive whose classes --ckpt may name (its code runs when "
-        "the checkpoint loads); repeatable",
-    )
+    add_trust_argument(near)
     near.add_argument("--k", type=int, default=5, help="pair among the k nearest (default 5)")
     near.add_argument("--neighbors-text", default=NEIGHBORS_TEXT, help="their condition text")
     near.add_argument("--image-size", type=int, help="default: the model's or the training size")
