@@ -175,7 +175,7 @@ class ContrastiveCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except (ValueError, FileNotFoundError, CheckpointError) as err:
+        except (ValueError, FileNotFoundError) as err:  # CheckpointError and DataError too
             # A value a class refused (``--data.batch_size 0``), wrapped by jsonargparse.
             raise RunError(one_line(err, [], ONE_LINE_ERRORS)) from err
 
