@@ -29,10 +29,11 @@ _SHORT_NAME = re.compile(r"Expected a dot import path string: (\S+)")
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)")
 _NO_FILE = re.compile(r"File does not exist: '?([^']+)'?")
 
-# Base classes whose subclasses a key takes, for the "did you mean" of an unknown class name.
-_BASES = {
-    "model": ("contrastive.methods", "ContrastiveMethod", "method"),
-    "data": ("contrastive.datamodules", "LightningDataModule", "data module"),
+# What a key takes, for the "did you mean" of an unknown class name: the package whose
+# classes it lists, and what to call one.
+_KINDS = {
+    "model": ("contrastive.methods", "method"),
+    "data": ("contrastive.datamodules", "data module"),
 }
 
 
@@ -103,8 +104,9 @@ def _a(type_name: str) -> str:
 
 
 def _matches(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    return f"; did you mean {' or '.join(close)}?" if close else ""
+    by_lower = {k.lower(): k for k in known}  # "Simclr" is a typo of "SimCLR"
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(by_lower[c] for c in close)}?" if close else ""
 
 
 def _unknown_option(key: str, option: str, classes: list[str]) -> str:
@@ -119,28 +121,27 @@ def _unknown_option(key: str, option: str, classes: list[str]) -> str:
 
 def _unknown_class(key: str, given: str, module: str | None, name: str, keys: list[str]) -> str:
     key = key or "--model"
-    base = _BASES.get(keys[0]) if len(keys) == 1 else None
-    if base is not None:
-        known = _known_subclasses(*base[:2])
+    kind = _KINDS.get(keys[0]) if len(keys) == 1 else None
+    if kind is not None:
+        package, what = kind
+        known = _known_classes(package)
         listing = f" (known: {', '.join(known)})"
-        return f"{key} {given}: no such {base[2]}{_matches(name, known)}{listing}"
+        return f"{key} {given}: no such {what}{_matches(name, known)}{listing}"
     known = [n for n in dir(sys.modules.get(module or "", None)) if not n.startswith("_")]
     return f"{key} {given}: no such class{_matches(name, known)}"
 
 
-def _known_subclasses(module_name: str, base_name: str) -> list[str]:
-    module = importlib.import_module(module_name)
-    base = getattr(module, base_name, None)
-    if base is None:
-        from lightning.pytorch import LightningDataModule as base
-    names = [n for n in getattr(module, "__all__", dir(module)) if not n.startswith("_")]
-    return sorted(
-        n
-        for n in names
-        if inspect.isclass(getattr(module, n))
-        and issubclass(getattr(module, n), base)
-        and getattr(module, n) is not base
-    )
+def _known_classes(package: str) -> list[str]:
+    """The methods or data modules ``package`` exports (its ``__all__``), base class aside."""
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    from contrastive.methods import ContrastiveMethod
+
+    module = importlib.import_module(package)
+    classes = [getattr(module, name) for name in getattr(module, "__all__", [])]
+    bases = (LightningModule, LightningDataModule)
+    kept = [c for c in classes if inspect.isclass(c) and issubclass(c, bases)]
+    return sorted(c.__name__ for c in kept if c is not ContrastiveMethod)
 
 
 def _unrecognized(arguments: str, argv: list[str], parser) -> str:
