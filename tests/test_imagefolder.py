@@ -197,6 +197,7 @@ def test_folder_without_images_is_a_one_line_error(tmp_path):
         ({"labelled": False, "subset": "s.txt"}, "subset needs labelled=True"),
         ({"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
         ({"image_size": 0}, "image_size must be >= 1"),
+        ({"resize": "stretch"}, "resize must be one of crop, letterbox, got 'stretch'"),
         ({"num_workers": -1}, "num_workers must be >= 0"),
     ],
 )
@@ -242,6 +243,25 @@ def test_dataset_returns_skipped_for_bad_files_and_max_pixels_is_used(tmp_path):
     assert ImageFolderDataset([path], [0], 8, max_pixels=40 * 36)[0]["labels"] == {"class": 0}
     skipped = ImageFolderDataset([path], None, 8, max_pixels=40 * 36 - 1)[0]
     assert isinstance(skipped, Skipped) and skipped.reason.startswith("too many pixels")
+
+
+def test_letterbox_gives_the_whole_of_wide_images(tmp_path):
+    """A wide image of a class: its colour band lies in the middle rows, white above and below;
+    the default centre crop fills the square with the band's middle."""
+    for name, color in CLASS_COLORS.items():
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            (tmp_path / name / f"{i}.png").write_bytes(image_bytes(color, "PNG", size=(64, 16)))
+    boxed = data(tmp_path, resize="letterbox", val_fraction=0.0)
+    cropped = data(tmp_path, val_fraction=0.0)
+    for item in items(boxed._datasets["train"]):
+        image, color = item["image"], CLASS_COLORS[color_class(item["image"][:, 6:10])]
+        assert (image[:, :6] == 255).all() and (image[:, 10:] == 255).all()  # 64x16 -> 16x4
+        assert (image[:, 6:10] == torch.tensor(color)[:, None, None]).all()
+    for item in items(cropped._datasets["train"]):
+        assert (
+            item["image"] == torch.tensor(CLASS_COLORS[color_class(item["image"])])[:, None, None]
+        ).all()
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -19,9 +19,11 @@ from PIL import Image
 from contrastive.datamodules.common import Skipped
 from contrastive.datamodules.images import (
     DEFAULT_MAX_PIXELS,
+    decode_image,
     jpeg_size,
     load_image,
     resize_center_crop,
+    resize_letterbox,
 )
 
 COLOR = (200, 60, 30)  # every good odd file shows this colour (or its gray) once converted
@@ -190,6 +192,44 @@ def test_resize_is_antialiased_and_keeps_the_centre():
     marker = torch.zeros(3, 40, 80, dtype=torch.uint8)
     marker[:, :, 20:60] = 200  # exactly the centre square
     assert (resize_center_crop(marker, 10) == 200).all()
+
+
+def test_letterbox_keeps_the_whole_image_centred_on_white(tmp_path):
+    # A wide image: a red left quarter, a blue right quarter, green between. Centre crop (the
+    # default) keeps only the green middle; letterbox keeps all three, bands of white above
+    # and below.
+    pixels = np.zeros((40, 160, 3), np.uint8)
+    pixels[:, :40], pixels[:, 40:120], pixels[:, 120:] = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+    path = tmp_path / "wide.png"
+    path.write_bytes(encode(Image.fromarray(pixels), "PNG"))
+    crop = load_image(path, 32)
+    assert (crop == torch.tensor([0, 255, 0])[:, None, None]).all()
+    box = load_image(path, 32, resize="letterbox")
+    assert box.shape == (3, 32, 32) and box.dtype == torch.uint8
+    # 160x40 -> 32x8, rows 12..19; the 12 rows above and below are white.
+    assert (box[:, :12] == 255).all() and (box[:, 20:] == 255).all()
+    band = box[:, 12:20]
+    assert band[:, :, :7].float().mean((1, 2)).tolist() == [255, 0, 0]
+    assert band[:, :, 9:23].float().mean((1, 2)).tolist() == [0, 255, 0]
+    assert band[:, :, 25:].float().mean((1, 2)).tolist() == [0, 0, 255]
+    # The same from bytes, and a tall image pads left and right.
+    assert torch.equal(decode_image(path.read_bytes(), 32, resize="letterbox"), box)
+    tall = resize_letterbox(torch.zeros(3, 90, 30, dtype=torch.uint8), 30)
+    assert (tall[:, :, :10] == 255).all() and (tall[:, :, 20:] == 255).all()
+    assert (tall[:, :, 10:20] == 0).all()
+
+
+def test_letterbox_of_a_square_is_the_centre_crop():
+    square = torch.randint(0, 256, (3, 50, 50), dtype=torch.uint8)
+    assert torch.equal(resize_letterbox(square, 20), resize_center_crop(square, 20))
+    assert torch.equal(resize_letterbox(square, 50), square)
+    thin = resize_letterbox(torch.zeros(3, 1, 200, dtype=torch.uint8), 16)  # a 1-pixel line
+    assert (thin[:, 7] == 0).all() and (thin[:, :7] == 255).all() and (thin[:, 8:] == 255).all()
+
+
+def test_an_unknown_resize_mode_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="resize must be one of crop, letterbox, got 'pad'"):
+        load_image(tmp_path / "a.jpg", 16, resize="pad")
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])

@@ -17,9 +17,10 @@ once (:func:`~contrastive.files.scan_images`): a link back to a parent folder do
 a file reached again through a link (a link to a sibling folder) is listed once. The format is
 then told by each file's bytes, and a file that cannot be used (corrupt, truncated, empty, not
 an image, above ``max_pixels``) becomes a :class:`Skipped`: it is dropped from its batch and
-counted, and the method warns once per epoch naming the first few. Decoding, resizing and
-centre cropping happen in the loader workers (:func:`~contrastive.datamodules.images.load_image`),
-so batches arrive as uint8 ``(B, 3, image_size, image_size)``.
+counted, and the method warns once per epoch naming the first few. Decoding and resizing (centre
+crop, or ``resize="letterbox"`` for the whole image on a white square) happen in the loader
+workers (:func:`~contrastive.datamodules.images.load_image`), so batches arrive as uint8
+``(B, 3, image_size, image_size)``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from contrastive.datamodules.folder_lists import (
     classes_to_keep,
     read_val_labels,
 )
-from contrastive.datamodules.images import DEFAULT_MAX_PIXELS, load_image
+from contrastive.datamodules.images import DEFAULT_MAX_PIXELS, Resize, check_resize, load_image
 from contrastive.files import IMAGE_EXTENSIONS, scan_images
 
 _LABEL = "class"  # the one attribute image folders label
@@ -92,8 +93,9 @@ class ImageFolderDataset(Dataset):
     Args:
         paths: The image files.
         labels: The class of each file, or ``None``.
-        image_size: Output height and width ``S`` (shorter side resized, centre cropped).
+        image_size: Output height and width ``S``.
         max_pixels: Largest image read, in pixels (see :func:`load_image`).
+        resize: ``"crop"`` (shorter side resized, centre cropped) or ``"letterbox"``.
     """
 
     def __init__(
@@ -102,20 +104,23 @@ class ImageFolderDataset(Dataset):
         labels: Sequence[int] | None,
         image_size: int,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        resize: Resize = "crop",
     ) -> None:
         if labels is not None and len(labels) != len(paths):
             raise ValueError(f"got {len(labels)} labels for {len(paths)} paths")
+        check_resize(resize, image_size)
         self.paths = PathArray(paths)
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.image_size = image_size
         self.max_pixels = max_pixels
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict | Skipped:
         path = self.paths[index]
-        image = load_image(path, self.image_size, self.max_pixels)
+        image = load_image(path, self.image_size, self.max_pixels, self.resize)
         if isinstance(image, Skipped):
             return image
         item = {"image": image, "index": int(index), "path": path}
@@ -145,7 +150,10 @@ class ImageFolderDataModule(BankQueryDataModule):
         subset: A file listing the class folders to keep (one per line).
         val_fraction: Share of ``root`` held out as the query set when there is no
             ``val_root``; ``None`` for 0.05 then, and 0 with ``val_root``.
-        image_size: Height and width of the images (shorter side resized, centre cropped).
+        image_size: Height and width of the images.
+        resize: ``"crop"``: the shorter side resized and the centre cropped (a wide image
+            loses its sides); ``"letterbox"``: the whole image, its longer side resized, centred
+            on a white square.
         max_pixels: Images larger than this (``height * width``) are skipped as possible
             decompression bombs; raise it to read them.
         num_bank: Most training images in the kNN bank.
@@ -167,6 +175,7 @@ class ImageFolderDataModule(BankQueryDataModule):
         subset: str | Path | None = None,
         val_fraction: float | None = None,
         image_size: int = 224,
+        resize: Resize = "crop",
         max_pixels: int = DEFAULT_MAX_PIXELS,
         num_bank: int = 10_000,
         seed: int = 0,
@@ -199,6 +208,7 @@ class ImageFolderDataModule(BankQueryDataModule):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if num_workers is not None and num_workers < 0:
             raise ValueError(f"num_workers must be >= 0 or None, got {num_workers}")
+        check_resize(resize, image_size)
         if seed < 0:
             raise ValueError(f"seed must be >= 0 (a numpy seed), got {seed}")
         self.save_hyperparameters()
@@ -211,6 +221,7 @@ class ImageFolderDataModule(BankQueryDataModule):
             val_fraction = 0.0 if val_root is not None else 0.05
         self.val_fraction = val_fraction
         self.image_size = image_size
+        self.resize = resize
         self.max_pixels = max_pixels
         self.num_bank = num_bank
         self.seed = seed
@@ -353,7 +364,7 @@ class ImageFolderDataModule(BankQueryDataModule):
             bank = bank[:0]  # nothing to vote with
 
         def dataset(paths: list, labels: list | None) -> ImageFolderDataset:
-            return ImageFolderDataset(paths, labels, self.image_size, self.max_pixels)
+            return ImageFolderDataset(paths, labels, self.image_size, self.max_pixels, self.resize)
 
         self._datasets = {
             "train": dataset(train_paths, train_labels),

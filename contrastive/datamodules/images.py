@@ -24,11 +24,16 @@ P with transparency)        (the colour stored under them is arbitrary, often bl
 16-bit RGB(A) PNG           Pillow keeps the high byte when it opens it
 ==========================  ====================================================
 
-Resizing. The centre square of the image (side ``min(H, W)``) is resized to ``size`` with
-antialiased bilinear interpolation on uint8 (``torch.nn.functional.interpolate``). That is
-"resize the shorter side to ``size``, then centre crop" with the crop taken first, so no time
-goes into resizing pixels that are then thrown away; the two differ only in the last pixel row
-or column at the crop's edge.
+Resizing (``resize``), with antialiased bilinear interpolation on uint8
+(``torch.nn.functional.interpolate``):
+
+- ``"crop"`` (the default): the centre square of the image (side ``min(H, W)``) is resized to
+  ``size``. That is "resize the shorter side to ``size``, then centre crop" with the crop taken
+  first, so no time goes into resizing pixels that are then thrown away; the two differ only in
+  the last pixel row or column at the crop's edge. A wide image loses its sides.
+- ``"letterbox"``: the whole image, its longer side resized to ``size``, centred on a white
+  square (white as transparency is composited: what is not the image is white). Nothing is cut;
+  a wide clipart letter stays a letter instead of becoming a bar.
 
 Pixel limit. Decoding a small file can need gigabytes (a decompression bomb), so the size in
 the file's header is checked before any pixel is decoded: the JPEG frame header (SOF) read
@@ -41,6 +46,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -72,6 +78,10 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # Markers without a length field (TEM, RSTn); SOI and EOI never appear between segments here.
 _STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])
 _PIL_LIMIT_LOCK = threading.Lock()
+
+Resize = Literal["crop", "letterbox"]  # how a (3, H, W) image becomes (3, S, S); module doc
+RESIZE_MODES: tuple[str, ...] = get_args(Resize)
+LETTERBOX_FILL = 255  # white, as transparent pixels become
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -124,6 +134,44 @@ def resize_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
         square[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
     )  # (1, 3, size, size) uint8
     return out[0].contiguous()
+
+
+def resize_letterbox(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The whole of ``image``, its longer side resized to ``size``, centred on a white square.
+
+    Args:
+        image: ``(3, H, W)`` uint8.
+        size: Output height and width.
+
+    Returns:
+        ``(3, size, size)`` uint8; the rows or columns outside the image are white
+        (:data:`LETTERBOX_FILL`). A square image gives :func:`resize_center_crop`'s result.
+    """
+    _, height, width = image.shape
+    longer = max(height, width)
+    inner = (max(1, round(height * size / longer)), max(1, round(width * size / longer)))
+    if inner != (height, width):
+        image = F.interpolate(
+            image[None], size=inner, mode="bilinear", antialias=True, align_corners=False
+        )[0]  # (3, h, w) uint8, max(h, w) == size
+    out = torch.full((3, size, size), LETTERBOX_FILL, dtype=torch.uint8)
+    top, left = (size - inner[0]) // 2, (size - inner[1]) // 2
+    out[:, top : top + inner[0], left : left + inner[1]] = image
+    return out
+
+
+def fit_square(image: torch.Tensor, size: int, resize: Resize = "crop") -> torch.Tensor:
+    """``(3, H, W)`` -> ``(3, size, size)`` uint8, by centre crop or letterbox (module doc)."""
+    check_resize(resize, size)
+    return (resize_letterbox if resize == "letterbox" else resize_center_crop)(image, size)
+
+
+def check_resize(resize: str, size: int) -> None:
+    """Raise ``ValueError`` for an unknown ``resize`` mode or a ``size`` below 1."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    if size < 1:
+        raise ValueError(f"size must be >= 1 pixel, got {size}")
 
 
 def _to_rgb_array(im: Image.Image) -> np.ndarray:
@@ -194,19 +242,24 @@ def _decode_pil(data: bytes, max_pixels: int, exif: bool = True) -> np.ndarray |
 
 
 def load_image(
-    path: str | os.PathLike, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | os.PathLike,
+    size: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    resize: Resize = "crop",
 ) -> torch.Tensor | Skipped:
     """Read an image file as a ``(3, size, size)`` uint8 RGB tensor.
 
-    The shorter side is resized to ``size`` and the centre cropped (antialiased), JPEGs are
-    decoded by torchvision and every other format by Pillow; see the module docstring for
-    mode conversions (alpha is composited on white) and the pixel limit.
+    The shorter side is resized to ``size`` and the centre cropped, or the whole image
+    letterboxed (antialiased); JPEGs are decoded by torchvision and every other format by
+    Pillow; see the module docstring for mode conversions (alpha is composited on white) and
+    the pixel limit.
 
     Args:
         path: The image file.
         size: Output height and width, at least 1.
         max_pixels: Largest ``height * width`` decoded; larger images are skipped as possible
             decompression bombs, judged from the header before decoding.
+        resize: ``"crop"`` (centre square) or ``"letterbox"`` (whole image on white).
 
     Returns:
         The image, or ``Skipped(str(path), reason)`` with ``reason`` one of ``"missing file"``,
@@ -214,10 +267,9 @@ def load_image(
         ``"truncated image"`` or ``"too many pixels (WxH > max_pixels N)"``. Never raises for
         a bad file.
     """
-    if size < 1:
-        raise ValueError(f"size must be >= 1 pixel, got {size}")
+    check_resize(resize, size)
     image = read_image(path, max_pixels)
-    return image if isinstance(image, Skipped) else resize_center_crop(image, size)
+    return image if isinstance(image, Skipped) else fit_square(image, size, resize)
 
 
 def read_image(
@@ -240,7 +292,11 @@ def read_image(
 
 
 def decode_image(
-    data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "<bytes>"
+    data: bytes,
+    size: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    source: str = "<bytes>",
+    resize: Resize = "crop",
 ) -> torch.Tensor | Skipped:
     """:func:`load_image` for an image already in memory (a tar member, a download).
 
@@ -249,11 +305,11 @@ def decode_image(
         size: Output height and width, at least 1.
         max_pixels: Largest ``height * width`` decoded (see :func:`load_image`).
         source: What a :class:`Skipped` names: a path, ``shard.tar:key``, a URL.
+        resize: ``"crop"`` or ``"letterbox"`` (see :func:`load_image`).
     """
-    if size < 1:
-        raise ValueError(f"size must be >= 1 pixel, got {size}")
+    check_resize(resize, size)
     image = _decode(data, max_pixels, source)
-    return image if isinstance(image, Skipped) else resize_center_crop(image, size)
+    return image if isinstance(image, Skipped) else fit_square(image, size, resize)
 
 
 def _decode(data: bytes, max_pixels: int, source: str, exif: bool = True) -> torch.Tensor | Skipped:
