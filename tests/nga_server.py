@@ -59,7 +59,9 @@ class NGAServer:
     (too large, no Content-Length), ``html`` (wrong content type), ``corrupt`` (not a JPEG),
     ``stall-once`` (half the body, then waits for ``release``; then ok), ``redirect`` (a 302 to
     the same size under ``/iiif/moved/``, as a IIIF server may send to its canonical URL),
-    ``redirect-out`` (a 302 to the CSVs, outside the image service).
+    ``redirect-out`` (a 302 to the CSVs, outside the image service). It speaks HTTP/1.1 and
+    keeps connections open between requests (but those it breaks on purpose); ``connections``
+    counts the connections it accepted.
     """
 
     def __init__(self) -> None:
@@ -67,6 +69,7 @@ class NGAServer:
         self.kinds: dict[str, str] = {}
         self.images: dict[str, bytes] = {}
         self.requests: Counter[str] = Counter()
+        self.connections = 0  # TCP connections accepted
         self.paths: list[str] = []
         self.stalled = threading.Event()
         self.release = threading.Event()
@@ -74,8 +77,15 @@ class NGAServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real servers: connections are counted
+
             def log_message(self, *args) -> None:  # quiet
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                with server.lock:
+                    server.connections += 1
 
             def do_GET(self) -> None:
                 with server.lock:

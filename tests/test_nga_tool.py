@@ -122,7 +122,11 @@ def test_end_to_end_every_failure_kind(server, tmp_path, capsys):
     assert "nga: skipped unsafe row (objectid '111'): uuid '../../../escaped' is not a UUID" in out
     assert "example.invalid" in out and "(objectid '../../114'): objectid" in out
     assert f"nga: manifest {root / 'manifest.jsonl'} (5 images)" in out
-    assert "nga: 11/11 images (5 downloaded, 0 already present, 6 failed)" in err
+    # The bars: each CSV's bytes, then the images with their rate and counts.
+    final = err.split("\r")[-1] if "\r" in err else err
+    assert "nga: objects.csv: 100%" in err and "nga: published_images.csv: 100%" in err
+    assert "nga: images: 100%" in final and "11/11" in final and "img/s" in final
+    assert "5 downloaded, 0 already present, 6 failed" in final
 
     rows = nga_catalog.read_manifest(root)
     assert [r["objectid"] for r in rows] == good
@@ -140,6 +144,33 @@ def test_end_to_end_every_failure_kind(server, tmp_path, capsys):
     }
     assert rows[1]["artist"] == "Albrecht Dürer" and rows[1]["classification"] == "Print"
     assert rows[-1]["year"] is None  # no beginyear in the CSV
+
+
+def test_each_worker_keeps_one_connection_for_all_its_images(server, tmp_path, capsys):
+    """40 images on 4 threads: at most 4 connections for the images and 1 for the two CSVs
+    (urllib made one per request: 42), every request answered on a kept connection."""
+    server.publish([{"objectid": oid} for oid in range(200, 240)])
+    assert run_tool(server, tmp_path / "nga", "--workers=4") == 0
+    assert "40 downloaded" in capsys.readouterr().out
+    assert sum(server.requests.values()) == 42
+    assert 2 <= server.connections <= 5, server.connections
+
+
+def test_a_connection_the_server_closed_is_replaced_without_a_failure(server, tmp_path):
+    """A kept connection the server closed while idle (its keep-alive timeout): the next
+    request notices before any answer and goes again on a new connection, not as a retry."""
+    from contrastive.tools.fetch import Client
+
+    server.publish([{"objectid": 300}, {"objectid": 301}])
+    client = Client("test", retries=0)
+    base = f"{server.url}/iiif/{uuid_of(300)}/full/!48,48/0/default.jpg"
+    client.download(base, tmp_path / "a.jpg", 1 << 20)
+    for conn in client.connections._all:  # the server side hangs up, as after its timeout
+        conn.sock.shutdown(__import__("socket").SHUT_RDWR)
+    client.download(base.replace(uuid_of(300), uuid_of(301)), tmp_path / "b.jpg", 1 << 20)
+    assert (tmp_path / "b.jpg").read_bytes() == server.images[uuid_of(301)]
+    assert server.connections == 2 and client.connections.opened == 2
+    client.close()
 
 
 def test_a_second_run_resumes_and_fetches_only_what_is_missing(server, tmp_path, capsys):

@@ -13,8 +13,11 @@ the same behaviour:
   a JSON answer on its way is still read (it has been paid for).
 - Redirects may be confined under a base URL (:func:`url_under`).
 
-Only the standard library (``urllib``) does HTTP, one connection per request: connection
-pooling and a download progress bar would go here.
+Only the standard library does HTTP: ``http.client`` connections kept open across requests,
+one per thread and server (:mod:`contrastive.tools.connections`; urllib would open a new
+TCP and TLS connection for every image). :class:`~contrastive.tools.stream.ResumableStream`
+reads a body as a file that resumes where a dropped connection broke it (webdataset shards over
+http).
 """
 
 from __future__ import annotations
@@ -24,19 +27,22 @@ import io
 import json
 import re
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 from contrastive.files import atomic_writer
+from contrastive.tools.connections import ConnectionPool, UnsupportedURL
 
 # Statuses worth another try: request timeout, too early, rate limited, server errors.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MB = 1 << 20
 _CHUNK = 1 << 16
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 10
+_DISCARD_LIMIT = 1 << 16  # an error body longer than this closes the connection
 # A path segment of an RFC 3986 path, less ";" (path parameters: "..;/" reaches the parent on
 # some servers) and "%25" (an escaped "%", decoded twice by some), plus IIIF's "^" (upscaling
 # in Image API 3). IIIF sizes and regions use "!", ",", ":" ("!512,512", "pct:50", "x,y,w,h").
@@ -111,21 +117,9 @@ def backoff_delay(
     return delay
 
 
-class _RedirectsUnder(urllib.request.HTTPRedirectHandler):
-    """Follows redirects only to URLs under one base URL."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if not url_under(newurl, self.base):
-            fp.close()
-            raise FetchError("unsafe redirect", f"{req.full_url} -> {newurl[:200]}")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
 class Client:
-    """HTTP GET into files and POST of JSON, with retries and backoff; thread-safe.
+    """HTTP GET into files and POST of JSON, with retries and backoff;
+    thread-safe, one keep-alive connection per thread and server.
 
     Args:
         user_agent: The ``User-Agent`` header: which tool asks.
@@ -138,7 +132,9 @@ class Client:
             request starts.
 
     Attributes:
-        requests: Requests sent so far, retries included.
+        requests: Requests sent so far, retries and redirects included.
+        connections: The :class:`~contrastive.tools.connections.ConnectionPool`; its ``opened``
+            counts the connections made.
     """
 
     def __init__(
@@ -161,11 +157,15 @@ class Client:
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.redirect_base = redirect_base
         self.stop = stop or threading.Event()
-        handlers = [] if redirect_base is None else [_RedirectsUnder(redirect_base)]
-        self._opener = urllib.request.build_opener(*handlers)
+        self.connections = ConnectionPool(timeout)
         self._lock = threading.Lock()
         self.requests = 0
+
+    def close(self) -> None:
+        """Close every open connection (each thread's)."""
+        self.connections.close()
 
     def download(
         self,
@@ -174,6 +174,7 @@ class Client:
         max_bytes: int,
         content_type: str | None = None,
         check: Callable[[Path], None] | None = None,
+        progress: Callable[[int, int | None], None] | None = None,
     ) -> None:
         """Fetch ``url`` to ``dest``: a temporary file beside it, checked, then renamed.
 
@@ -183,6 +184,8 @@ class Client:
             max_bytes: Larger bodies fail (``"too large"``) without being read further.
             content_type: The media type required (``"image/jpeg"``); any when ``None``.
             check: Called on the complete temporary file; raises :class:`FetchError` to reject.
+            progress: Called after each chunk with the bytes received so far in this attempt
+                (a retry starts again at 0) and the announced length (``None`` if unknown).
 
         Raises:
             FetchError: After the last attempt, or at once for a failure not worth retrying.
@@ -197,7 +200,11 @@ class Client:
 
         def attempt() -> None:
             with atomic_writer(dest, binary=True, check=checked) as out:
-                self._get(url, out, max_bytes, content_type)
+                with self._exchange("GET", url) as response:
+                    got_type = response.headers.get_content_type()
+                    if content_type is not None and got_type != content_type:
+                        raise FetchError("wrong content type", f"{got_type} from {url}")
+                    _copy(response, out, max_bytes, url, self.stop, progress)
 
         self._with_retries(attempt)
 
@@ -219,10 +226,10 @@ class Client:
         headers = {"Content-Type": "application/json", **(headers or {})}
 
         def attempt() -> object:
-            request = urllib.request.Request(url, data=body, headers=headers, method="POST")
             out = io.BytesIO()
-            # Read to the end even when stopped: an answer on its way has been paid for.
-            self._read(self._open(request), out, max_bytes, None, interruptible=False)
+            with self._exchange("POST", url, body, headers) as response:
+                # Read to the end even when stopped: an answer on its way has been paid for.
+                _copy(response, out, max_bytes, url, None, None)
             try:
                 return json.loads(out.getvalue())
             except ValueError:
@@ -238,65 +245,123 @@ class Client:
             try:
                 return attempt()
             except FetchError as err:
-                if not err.retry or tries >= self.retries:
-                    raise
-                delay = backoff_delay(tries, self.backoff, self.max_backoff, err.retry_after)
-                tries += 1
-                if self.stop.wait(delay):
-                    raise Interrupted() from None
+                tries = self.wait_to_retry(err, tries)
 
-    def _open(self, request: urllib.request.Request):
-        request.add_header("User-Agent", self.user_agent)
-        url = request.full_url
-        with self._lock:
-            self.requests += 1
+    def wait_to_retry(self, err: FetchError, tries: int) -> int:
+        """Re-raise ``err`` unless it may be retried (``tries`` so far); else wait the
+        backoff and return ``tries + 1``."""
+        if not err.retry or tries >= self.retries:
+            raise err
+        delay = backoff_delay(tries, self.backoff, self.max_backoff, err.retry_after)
+        if self.stop.wait(delay):
+            raise Interrupted() from None
+        return tries + 1
+
+    @contextmanager
+    def _exchange(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Iterator[http.client.HTTPResponse]:
+        """One request's successful response, redirects followed; the connection is kept for
+        the next request when the body was read to its end without error, else closed."""
+        conn, response = self.request(method, url, body, headers or {})
         try:
-            return self._opener.open(request, timeout=self.timeout)
-        except urllib.error.HTTPError as err:
-            wait = retry_after(err.headers)
-            err.close()
-            raise FetchError(f"http {err.code}", url, err.code in RETRY_STATUSES, wait) from None
-        except (OSError, http.client.HTTPException) as err:  # URLError, timeouts, resets
-            raise _network_error(url, err) from None
+            yield response
+        except BaseException:
+            conn.close()  # a truncated body, a wrong type, a stop: start afresh
+            raise
+        if not response.isclosed():
+            conn.close()
 
-    def _get(self, url: str, out: BinaryIO, max_bytes: int, content_type: str | None) -> None:
-        response = self._open(urllib.request.Request(url))
-        got_type = response.headers.get_content_type()
-        if content_type is not None and got_type != content_type:
-            response.close()
-            raise FetchError("wrong content type", f"{got_type} from {url}")
-        self._read(response, out, max_bytes, url)
+    def request(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send one request (no retry), follow GET redirects (under ``redirect_base``); the
+        connection and its 2xx response, to be read to its end or the connection closed.
 
-    def _read(
-        self, response, out: BinaryIO, max_bytes: int, url: str | None, interruptible=True
-    ) -> None:
-        """Copy ``response``'s body to ``out``, checking its size against the cap and its
-        announced length; closes the response. ``interruptible``: stop when ``stop`` is set."""
-        url = url or response.geturl()
-        with response:
-            length_header = response.headers.get("Content-Length", "")
-            length = int(length_header) if length_header.strip().isdigit() else None
-            if length is not None and length > max_bytes:
-                raise FetchError("too large", f"{length} bytes > {max_bytes} from {url}")
-            total = 0
-            while True:
-                if interruptible and self.stop.is_set():
-                    raise Interrupted()
-                try:
-                    chunk = response.read1(_CHUNK)  # one system call: stop is seen promptly
-                except (OSError, http.client.HTTPException) as err:
-                    raise _network_error(url, err) from None
-                if not chunk:
-                    break
-                total += len(chunk)
-                if total > max_bytes:
-                    raise FetchError("too large", f"more than {max_bytes} bytes from {url}")
-                out.write(chunk)
-        if length is not None and total < length:
-            raise FetchError("truncated", f"{total} of {length} bytes from {url}", True)
+        Raises:
+            FetchError: A status other than 2xx (retryable for :data:`RETRY_STATUSES`), an
+                unsafe redirect, or a network error.
+        """
+        headers = {"User-Agent": self.user_agent, **headers}
+        for _ in range(_MAX_REDIRECTS + 1):
+            with self._lock:
+                self.requests += 1
+            try:
+                conn, response = self.connections.send(method, url, body, headers)
+            except UnsupportedURL as err:
+                raise FetchError("unsupported url", str(err)) from None
+            except (OSError, http.client.HTTPException) as err:  # timeouts, resets, refusals
+                raise network_error(url, err) from None
+            status = response.status
+            if 200 <= status < 300:
+                return conn, response
+            location = response.headers.get("Location")
+            _discard(conn, response)
+            if status in _REDIRECTS and location and method == "GET":
+                target = urllib.parse.urljoin(url, location)
+                if self.redirect_base is not None and not url_under(target, self.redirect_base):
+                    raise FetchError("unsafe redirect", f"{url} -> {target[:200]}")
+                url = target
+                continue
+            wait = retry_after(response.headers)
+            raise FetchError(f"http {status}", url, status in RETRY_STATUSES, wait)
+        raise FetchError("too many redirects", url)
 
 
-def _network_error(url: str, err: Exception) -> FetchError:
+def _discard(conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
+    """Read a small error or redirect body to its end, so the connection is kept; close it
+    when the body is large or the read fails."""
+    try:
+        response.read(_DISCARD_LIMIT)
+    except (OSError, http.client.HTTPException):
+        pass
+    if not response.isclosed():
+        conn.close()
+
+
+def _copy(
+    response: http.client.HTTPResponse,
+    out: BinaryIO,
+    max_bytes: int,
+    url: str,
+    stop: threading.Event | None,
+    progress: Callable[[int, int | None], None] | None,
+) -> None:
+    """Copy ``response``'s body to ``out``, checking its size against the cap and its
+    announced length; stop (:class:`Interrupted`) when ``stop`` is set."""
+    length_header = response.headers.get("Content-Length", "")
+    length = int(length_header) if length_header.strip().isdigit() else None
+    if length is not None and length > max_bytes:
+        raise FetchError("too large", f"{length} bytes > {max_bytes} from {url}")
+    total = 0
+    while True:
+        if stop is not None and stop.is_set():
+            raise Interrupted()
+        try:
+            chunk = response.read1(_CHUNK)  # one system call: stop is seen promptly
+        except (OSError, http.client.HTTPException) as err:
+            raise network_error(url, err) from None
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > max_bytes:
+            raise FetchError("too large", f"more than {max_bytes} bytes from {url}")
+        out.write(chunk)
+        if progress is not None:
+            progress(total, length)
+    if length is not None and total < length:
+        raise FetchError("truncated", f"{total} of {length} bytes from {url}", True)
+    if not response.isclosed() and response.length == 0:
+        # The body was read to its end, but read1 does not mark it so (Python 3.11-3.13):
+        # closing the response frees its connection for the next request.
+        response.close()
+
+
+def network_error(url: str, err: Exception) -> FetchError:
     """A retryable :class:`FetchError`: ``"timeout"`` or ``"network error"``."""
     reason = getattr(err, "reason", err)
     kind = "timeout" if isinstance(reason, TimeoutError) else "network error"

@@ -38,11 +38,15 @@ Safety and robustness:
 - The manifest is rewritten atomically at the end, merging the rows of earlier runs whose files
   still exist, so runs with other ``--classification`` filters add up in one folder.
 
-Progress goes to stderr; the summary (counts of downloaded / already present / failed images
-by reason, and the first failures) to stdout. Exit status: 0 when the run did what it could
+Progress goes to stderr: a bar for each CSV (bytes, rate, ETA) and one for the images (images
+per second, ETA, and the downloaded / already present / failed counts so far); the summary
+(counts of downloaded / already present / failed images by reason, and the first failures) to
+stdout. Exit status: 0 when the run did what it could
 (some images may have failed), 1 with one ``error:`` line when nothing could be done (a CSV
 could not be fetched or read, no artwork matched, not one image could be had), 130 on Ctrl-C.
-Only the standard library does HTTP (``urllib``, a thread pool); Pillow checks the JPEGs.
+Only the standard library does HTTP: a thread pool whose threads each keep one connection open
+to the image service for all their downloads (:class:`~contrastive.tools.fetch.Client`), where
+urllib would make a new TCP and TLS connection per image. Pillow checks the JPEGs.
 """
 
 from __future__ import annotations
@@ -50,12 +54,12 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import TextIO
+
+from tqdm import tqdm
 
 from contrastive.files import TableError, remove_partial_files
 from contrastive.tools.fetch import MB, Client, FetchError, Interrupted
@@ -76,34 +80,8 @@ from contrastive.tools.nga_catalog import (
 DEFAULT_CSV_BASE_URL = "https://raw.githubusercontent.com/NationalGalleryOfArt/opendata/main/data"
 DEFAULT_IMAGE_BASE_URL = "https://api.nga.gov/iiif"
 CSV_DIR = "csv"
-USER_AGENT = "contrastive-data-nga/0.1 (Python urllib)"
+USER_AGENT = "contrastive-data-nga/0.2 (Python http.client)"
 _FIRST_FAILURES = 5
-
-
-class Progress:
-    """Prints ``done/total`` counts to ``stream`` at most every ``interval`` seconds."""
-
-    def __init__(self, total: int, interval: float, stream: TextIO) -> None:
-        self.total = total
-        self.interval = interval
-        self.stream = stream
-        self._last = time.monotonic()
-        self._tty = stream.isatty()
-
-    def update(self, counts: Counter, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self._last < self.interval:
-            return
-        self._last = now
-        done = counts["downloaded"] + counts["present"] + counts["failed"]
-        line = (
-            f"nga: {done}/{self.total} images ({counts['downloaded']} downloaded, "
-            f"{counts['present']} already present, {counts['failed']} failed)"
-        )
-        if self._tty:
-            print("\r" + line, end="\n" if final else "", file=self.stream, flush=True)
-        else:
-            print(line, file=self.stream, flush=True)
 
 
 def _fetch_csvs(args: argparse.Namespace, client: Client, csv_dir: Path) -> None:
@@ -114,10 +92,24 @@ def _fetch_csvs(args: argparse.Namespace, client: Client, csv_dir: Path) -> None
             continue
         url = f"{base}/{name}"
         print(f"nga: fetching {url}", file=sys.stderr, flush=True)
+        bar = _bar(args, f"nga: {name}", unit="B", unit_scale=True, unit_divisor=1024)
+
+        def progress(received: int, length: int | None, bar=bar) -> None:
+            if bar.total != length or received < bar.n:  # the answer came; or a retry
+                bar.reset(total=length)
+            bar.update(received - bar.n)
+
         try:
-            client.download(url, csv_dir / name, int(args.max_csv_mb * MB))
+            client.download(url, csv_dir / name, int(args.max_csv_mb * MB), progress=progress)
         except FetchError as err:
             raise NGAError(f"could not fetch {name} ({err.reason}): {err.detail}") from None
+        finally:
+            bar.close()
+
+
+def _bar(args: argparse.Namespace, desc: str, **kwargs) -> tqdm:
+    """A progress bar on stderr with rate and ETA, redrawn at most every --progress-interval."""
+    return tqdm(desc=desc, file=sys.stderr, mininterval=args.progress_interval, **kwargs)
 
 
 def _download_images(
@@ -137,7 +129,7 @@ def _download_images(
     counts: Counter = Counter()
     failures: list[tuple[Artwork, FetchError]] = []
     rows: dict[int, dict] = {}
-    progress = Progress(len(artworks), args.progress_interval, sys.stderr)
+    bar = _bar(args, "nga: images", total=len(artworks), unit="img")
 
     def record(future: Future, artwork: Artwork) -> None:
         try:
@@ -150,6 +142,12 @@ def _download_images(
         else:
             counts[status] += 1
             rows[artwork.objectid] = artwork.manifest_row()
+        bar.update(1)
+        bar.set_postfix_str(
+            f"{counts['downloaded']} downloaded, {counts['present']} already present, "
+            f"{counts['failed']} failed",
+            refresh=False,
+        )
 
     pool = ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="nga")
     pending = {pool.submit(fetch, artwork): artwork for artwork in artworks}
@@ -157,7 +155,6 @@ def _download_images(
     try:
         for future in as_completed(list(pending)):
             record(future, pending.pop(future))
-            progress.update(counts)
     except KeyboardInterrupt:
         interrupted = True
         client.stop.set()
@@ -167,7 +164,7 @@ def _download_images(
     for future, artwork in pending.items():  # finished before they saw the stop, or cancelled
         if not future.cancelled():
             record(future, artwork)
-    progress.update(counts, final=True)
+    bar.close()
     return counts, failures, rows, interrupted
 
 
@@ -212,7 +209,11 @@ def run(args: argparse.Namespace) -> int:
         "max_backoff": args.max_backoff,
         "stop": stop,
     }
-    _fetch_csvs(args, Client(USER_AGENT, **http_settings), csv_dir)
+    csv_client = Client(USER_AGENT, **http_settings)
+    try:
+        _fetch_csvs(args, csv_client, csv_dir)
+    finally:
+        csv_client.close()
 
     image_base = args.image_base_url.rstrip("/")
     selection = select_artworks(
@@ -233,7 +234,12 @@ def run(args: argparse.Namespace) -> int:
     )
 
     client = Client(USER_AGENT, redirect_base=image_base, **http_settings)
-    counts, failures, rows, interrupted = _download_images(selection.artworks, args, client, images)
+    try:
+        counts, failures, rows, interrupted = _download_images(
+            selection.artworks, args, client, images
+        )
+    finally:
+        client.close()
     manifest_rows = write_manifest(root, rows)
     for line in _summary(root, len(selection.artworks), counts, failures, selection.unsafe):
         print(line)
@@ -341,7 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"use the tables an earlier run saved in ROOT/{CSV_DIR} instead of fetching them",
     )
     parser.add_argument(
-        "--progress-interval", type=float, default=2.0, help="seconds between progress lines"
+        "--progress-interval",
+        type=_non_negative_float,
+        default=0.5,
+        help="least seconds between redraws of the progress bars (default 0.5)",
     )
     return parser
 
