@@ -1,27 +1,19 @@
-"""Image-text data: caption tables and webdataset shards, bad pairs, and shard splitting."""
+"""Image-text data (contrastive/datamodules/image_text.py): caption tables, bad pairs, and
+training through tables and shards; the shards themselves are in test_shards.py."""
 
 import io
-import tarfile
 import warnings
 
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
 from PIL import Image
-from torch.utils.data import DataLoader
+from test_shards import write_shards
 
-from contrastive import distributed
 from contrastive.cli import main as cli_main
 from contrastive.datamodules import ImageTextDataModule
-from contrastive.datamodules.common import Collate, DataError, Skipped
-from contrastive.datamodules.image_text import (
-    CaptionTable,
-    TarShards,
-    expand_shards,
-    read_caption_table,
-    split_plan,
-    write_shard,
-)
+from contrastive.datamodules.common import DataError, Skipped
+from contrastive.datamodules.image_text import CaptionTable, read_caption_table
 from contrastive.methods import CLIP
 from contrastive.text import OpenCLIPText
 
@@ -101,70 +93,6 @@ def test_a_table_that_is_not_utf8_is_one_line_naming_the_file_and_byte(
     assert err.strip().splitlines()[-1] == f"error: {expected}"
 
 
-def _shards(root, count: int, per_shard: int = 5) -> list[str]:
-    paths = []
-    for s in range(count):
-        samples = [(f"s{s}/{i:03d}", _jpeg(i * 10 + s), f"pair {s}-{i}") for i in range(per_shard)]
-        path = root / f"shard-{s:03d}.tar"
-        write_shard(path, samples)
-        paths.append(str(path))
-    return paths
-
-
-def test_shards_stream_their_samples_and_skip_bad_ones(tmp_path):
-    (path,) = _shards(tmp_path, 1, per_shard=3)
-    with tarfile.open(path, "a") as tar:  # a sample without caption, one without image
-        for name, data in (("bad/nocap.jpg", _jpeg(1)), ("bad/noimg.txt", b"only words")):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    truncated = tmp_path / "truncated.tar"
-    truncated.write_bytes(open(path, "rb").read()[:1500])
-    items = list(TarShards([path, str(truncated)], image_size=8))
-    good = [i["caption"] for i in items if not isinstance(i, Skipped)]
-    assert good[:3] == ["pair 0-0", "pair 0-1", "pair 0-2"]
-    reasons = [i.reason for i in items if isinstance(i, Skipped)]
-    assert reasons[:2] == ["empty caption", "missing image"]
-    assert any(r.startswith("broken shard") for r in reasons)  # and the stream went on
-
-
-def test_brace_ranges_and_globs_expand(tmp_path):
-    assert expand_shards("s/{008..011}.tar") == [f"s/{i:03d}.tar" for i in range(8, 12)]
-    assert expand_shards(["a.tar", "pipe:cat b.tar"]) == ["a.tar", "pipe:cat b.tar"]
-    paths = _shards(tmp_path, 3, per_shard=1)
-    assert expand_shards(str(tmp_path / "shard-*.tar")) == paths
-
-
-def test_split_plan_deals_shards_then_samples():
-    assert split_plan(8, 1, 2, 0, 2) == ([1, 5], [])  # shards by rank, then by worker
-    assert split_plan(3, 1, 2, 1, 2) == ([1], [(1, 2)])  # rank 1 has one shard: samples split
-    assert split_plan(1, 0, 2, 1, 2) == ([0], [(0, 2), (1, 2)])
-
-
-@pytest.mark.parametrize("num_shards", [8, 3, 1])
-def test_two_ranks_of_two_workers_read_every_sample_exactly_once(tmp_path, monkeypatch, num_shards):
-    urls = _shards(tmp_path, num_shards, per_shard=6)
-    expected = sorted(f"s{s}/{i:03d}" for s in range(num_shards) for i in range(6))
-    seen = []
-    for rank in range(2):
-        monkeypatch.setattr(distributed, "rank", lambda r=rank: r)
-        monkeypatch.setattr(distributed, "world_size", lambda: 2)
-        dataset = TarShards(urls, image_size=8, shuffle=True, shuffle_buffer=4)
-        loader = DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=Collate())
-        seen += [key for batch in loader for key in batch["key"]]
-    assert sorted(seen) == expected  # no duplicate, nothing missing
-
-
-def test_samples_per_epoch_gives_every_rank_the_same_number_of_samples(tmp_path, monkeypatch):
-    urls = _shards(tmp_path, 3, per_shard=5)  # 15 samples: 10 for rank 0, 5 for rank 1
-    for rank in range(2):
-        monkeypatch.setattr(distributed, "rank", lambda r=rank: r)
-        monkeypatch.setattr(distributed, "world_size", lambda: 2)
-        dataset = TarShards(urls, image_size=8, samples_per_epoch=7)
-        keys = [item["key"] for item in dataset]
-        assert len(keys) == 7 == len(dataset)  # rank 1 cycles through its 5 again
-
-
 class _Keys(Callback):
     def __init__(self):
         self.captions = []
@@ -180,7 +108,7 @@ def test_clip_trains_through_each_source_and_reports_the_skipped_pairs(tmp_path,
         expected = [f"a picture number {i}" for i in range(6)]
     else:
         train = str(tmp_path / "shard-{000..002}.tar")
-        _shards(tmp_path, 3, per_shard=2)
+        write_shards(tmp_path, 3, per_shard=2)
         expected = [f"pair {s}-{i}" for s in range(3) for i in range(2)]
     data = ImageTextDataModule(train, image_size=16, batch_size=2, num_workers=1)
     text = OpenCLIPText(width=16, layers=1, heads=2, context_length=16, embed_dim=8)
@@ -205,3 +133,36 @@ def test_clip_trains_through_each_source_and_reports_the_skipped_pairs(tmp_path,
     else:
         assert sorted(keys.captions) == expected
         assert "tokens" in next(iter(data.train_dataloader()))  # tokenized in the worker
+
+
+def test_simclr_trains_on_image_only_shards_through_the_cli(tmp_path, monkeypatch):
+    """Shards of images without captions, as many image collections are packed, are data for
+    an image method: every image is trained on, none reported as skipped."""
+    write_shards(tmp_path, 2, per_shard=4, captions=False)
+    monkeypatch.chdir(tmp_path)
+    train = f"{tmp_path}/shard-{{000..001}}.tar"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli_main(
+            [
+                "fit",
+                "--model=SimCLR",
+                "--model.backbone_kwargs={width: 4}",
+                "--model.projector_hidden_dim=16",
+                "--model.projector_dim=8",
+                "--data=ImageTextDataModule",
+                f"--data.train={train}",
+                "--data.image_size=16",
+                "--data.batch_size=4",
+                "--data.num_workers=0",
+                "--trainer.max_epochs=1",
+                "--trainer.enable_progress_bar=false",
+            ]
+        )
+    assert not [w for w in caught if "skipped" in str(w.message)]
+    checkpoint = next(tmp_path.glob("runs/*/version_0/checkpoints/last.ckpt"))
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 2  # 8 images, batches of 4
+    data = ImageTextDataModule(train, image_size=16, batch_size=4, num_workers=0)
+    data.setup("fit")
+    batches = list(data.train_dataloader())
+    assert [len(b["image"]) for b in batches] == [4, 4] and "caption" not in batches[0]
