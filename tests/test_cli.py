@@ -86,6 +86,19 @@ OVERRIDES = {
         "--data.num_workers=0",
         *SMALL,
     ],
+    # The image-folder configs on a folder: test_own_images.py. Here they run on shapes.
+    "simclr_imagefolder": [
+        "--data=ShapesDataModule",
+        "--data.image_size=32",
+        "--data.num_workers=0",
+        *SMALL,
+    ],
+    "byol_imagefolder": [
+        "--data=ShapesDataModule",
+        "--data.image_size=32",
+        "--data.num_workers=0",
+        *SMALL,
+    ],
     "clip": ["--data.num_workers=0"],
     "lit_minilm": ["--data.num_workers=0"],
     # The towers' checkpoint comes from a LiT run (step 1 of the recipe): random towers here.
