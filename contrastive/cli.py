@@ -48,6 +48,7 @@ from contrastive.checkpoints import (
     import_guard,
     read_checkpoint,
 )
+from contrastive.cli_data import start_from_defaults
 from contrastive.cli_errors import one_line
 from contrastive.datamodules.common import DataError
 from contrastive.export import ExportEncoder
@@ -288,7 +289,7 @@ def main(args: ArgsType = None) -> None:
     # goes on the import path only for such a class the user typed.
     allow_working_folder(typed_class_paths(argv))
     try:
-        ContrastiveCLI(args=args)
+        ContrastiveCLI(args=start_from_defaults(argv))  # --data CLASS: that class's defaults
     except ONE_LINE_ERRORS as err:
         _fail(str(err), 2)
     except NonFiniteError as err:

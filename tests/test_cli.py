@@ -77,28 +77,14 @@ SMALL = [
 ]
 DEJAVU = ["--data.fonts=/usr/share/fonts/truetype/dejavu", "--data.families=null",
           "--data.num_workers=0"]  # fmt: skip
-# byol_nga's own data (the NGA images) is tested in test_nga.py; here it runs on shapes. Its
-# image_size and num_workers carry over to the new data class, so they are set too.
+# Configs of other data run here on shapes, from the shapes module's own defaults (--data names
+# another class: nothing of the config's data settings is carried over). Their own data:
+# byol_nga's NGA images in test_nga.py, the image-folder configs in test_own_images.py.
+ON_SHAPES = ["--data=ShapesDataModule", *SMALL]
 OVERRIDES = {
-    "byol_nga": [
-        "--data=ShapesDataModule",
-        "--data.image_size=32",
-        "--data.num_workers=0",
-        *SMALL,
-    ],
-    # The image-folder configs on a folder: test_own_images.py. Here they run on shapes.
-    "simclr_imagefolder": [
-        "--data=ShapesDataModule",
-        "--data.image_size=32",
-        "--data.num_workers=0",
-        *SMALL,
-    ],
-    "byol_imagefolder": [
-        "--data=ShapesDataModule",
-        "--data.image_size=32",
-        "--data.num_workers=0",
-        *SMALL,
-    ],
+    "byol_nga": ON_SHAPES,
+    "simclr_imagefolder": ON_SHAPES,
+    "byol_imagefolder": ON_SHAPES,
     "clip": ["--data.num_workers=0"],
     "lit_minilm": ["--data.num_workers=0"],
     # The towers' checkpoint comes from a LiT run (step 1 of the recipe): random towers here.
