@@ -28,6 +28,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from contrastive.files import atomic_writer, json_rows
+from contrastive.pixels import rgb_array
 from contrastive.tools.fetch import Client, FetchError, Interrupted
 
 PROMPT = (
@@ -86,9 +87,11 @@ def parse_phrases(content: str) -> list[str] | None:
 
 
 def data_url(path: Path, size: int) -> str:
-    """``path`` as a ``data:image/jpeg;base64,...`` URL, its longer side at most ``size``."""
+    """``path`` as a ``data:image/jpeg;base64,...`` URL, its longer side at most ``size``;
+    converted as the training data is (:func:`~contrastive.pixels.rgb_array`: transparency on
+    white)."""
     with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image).convert("RGB")
+        image = Image.fromarray(rgb_array(ImageOps.exif_transpose(image)))
     image.thumbnail((size, size))
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=90)
