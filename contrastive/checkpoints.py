@@ -214,7 +214,8 @@ def load_method(
     trusted: Sequence[str] = (),
     what: str = "--ckpt",
 ):
-    """The method saved in a checkpoint, in eval mode on ``device``, and its training image size.
+    """The method saved in a checkpoint, in eval mode on ``device``, and how its training data
+    read images.
 
     Args:
         path: a Lightning checkpoint written by ``contrastive fit``.
@@ -224,8 +225,8 @@ def load_method(
         what: how messages name the file.
 
     Returns:
-        ``(model, image_size)``; ``image_size`` is ``None`` when the checkpoint has no data
-        module hyper-parameter ``image_size``.
+        ``(model, reading)``: the data module's image size (``None`` when it recorded none),
+        resize mode and pixel limit (:meth:`~contrastive.datamodules.images.Reading.of_data`).
 
     Raises:
         CheckpointError: the file cannot be read, or is no method's checkpoint.
@@ -251,8 +252,10 @@ def load_method(
         model = cls.load_from_checkpoint(
             Path(path).expanduser(), map_location=device, weights_only=True
         )
-    image_size = (state.get("datamodule_hyper_parameters") or {}).get("image_size")
-    return model.eval().to(device), image_size
+    from contrastive.datamodules.images import Reading
+
+    reading = Reading.of_data(state.get("datamodule_hyper_parameters"))
+    return model.eval().to(device), reading
 
 
 def add_trust_argument(parser, what: str = "--ckpt") -> None:

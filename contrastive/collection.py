@@ -6,22 +6,32 @@ a line in a ``.jsonl`` file, as ``embed`` writes its ids), or ``shapes:N``. :fun
 embeds every readable image with a model's ``embed`` and skips the rest with their errors.
 Ids are written one JSON string a line (:func:`write_ids`), so a file name holding a newline
 or a tab is still one id; :func:`read_ids` reads them back.
+
+Images are read as the training data modules read them, by
+:func:`~contrastive.datamodules.images.load_image` with the checkpoint's data settings (a
+:class:`~contrastive.datamodules.images.Reading`: size, centre crop or letterbox, pixel limit):
+transparency composited on white, palettes, 16-bit and CMYK files, EXIF rotation, the same
+antialiased resize, so ``embed`` of a file is the trained model's embedding of the tensor it
+trained on. A folder is scanned as an image folder is (:func:`contrastive.files.scan_images`:
+the project's one list of image extensions, hidden files left out, links followed once).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+from contrastive.datamodules.common import Skipped
+from contrastive.datamodules.images import Reading
+from contrastive.files import IMAGE_EXTENSIONS, scan_images
+
 SHAPES_PREFIX = "shapes:"
 DEFAULT_IMAGE_SIZE = 224  # when the checkpoint does not record the training image size
 
@@ -31,7 +41,8 @@ class ExploreError(RuntimeError):
 
 
 class ImageSource:
-    """An ordered collection of images: ``ids[i]`` names image ``i``, ``load(i)`` opens it."""
+    """An ordered collection of images: ``ids[i]`` names image ``i``, ``read(i, reading)``
+    gives it as a model sees it."""
 
     def __init__(self, ids: list[str], paths: list[Path] | None = None, shapes=None) -> None:
         self.ids = ids
@@ -41,12 +52,11 @@ class ImageSource:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def load(self, i: int) -> Image.Image:
-        """Image ``i`` as an RGB PIL image; raises on an unreadable file."""
-        if self.shapes is not None:
-            return Image.fromarray(self.shapes[i]["image"].permute(1, 2, 0).numpy())
-        with Image.open(self.paths[i]) as image:
-            return image.convert("RGB")  # decodes fully, so the file can close
+    def read(self, i: int, reading: Reading) -> Tensor | Skipped:
+        """Image ``i`` as uint8 ``(3, S, S)`` read with ``reading``, or why it cannot be."""
+        if self.shapes is not None:  # rendered at the size asked for when the source was made
+            return self.shapes[i]["image"]
+        return reading.load(self.paths[i])
 
 
 def _read_manifest(manifest: Path) -> list[Path]:
@@ -69,10 +79,11 @@ def _read_manifest(manifest: Path) -> list[Path]:
 def image_source(spec: str, image_size: int) -> ImageSource:
     """The images named by ``--images``: a folder (recursive), a manifest, or ``shapes:N``.
 
-    Folders give their files with an image extension in sorted order; a manifest gives its
-    lines in order (relative paths from the manifest's folder; blank and ``#`` lines ignored;
-    a ``.jsonl`` manifest, such as ``embed``'s ids file, holds one JSON string a line).
-    A file listed twice is kept once, so no pair is an image with itself.
+    Folders give their image files in walk order (:func:`~contrastive.files.scan_images`: a
+    folder's files sorted, then its sub-folders); a manifest gives its lines in order (relative
+    paths from the manifest's folder; blank and ``#`` lines ignored; a ``.jsonl`` manifest, such
+    as ``embed``'s ids file, holds one JSON string a line). A file listed twice is kept once, so
+    no pair is an image with itself.
     """
     if spec.startswith(SHAPES_PREFIX):
         from contrastive.datamodules.shapes import ShapesDataset
@@ -84,12 +95,10 @@ def image_source(spec: str, image_size: int) -> ImageSource:
         return ImageSource([f"shapes:test:{i}" for i in range(int(n))], shapes=shapes)
     root = Path(spec).expanduser()
     if root.is_dir():
-        candidates = sorted(
-            p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
+        candidates = scan_images(root).images
         where = f"folder {spec}"
     elif root.is_file():
-        is_image = root.suffix.lower() in IMAGE_EXTENSIONS
+        is_image = root.name.lower().endswith(IMAGE_EXTENSIONS)
         candidates = [root] if is_image else _read_manifest(root)
         where = f"manifest {spec}"
     else:
@@ -101,37 +110,37 @@ def image_source(spec: str, image_size: int) -> ImageSource:
             seen.add(key)
             paths.append(path)
     if not paths:
-        raise ExploreError(f"--images: no images in {where} (extensions {IMAGE_EXTENSIONS})")
+        raise ExploreError(
+            f"--images: no images in {where} (extensions {', '.join(IMAGE_EXTENSIONS)})"
+        )
     return ImageSource([str(p) for p in paths], paths=paths)
 
 
 class _Decoded(Dataset):
-    """Decodes image ``i`` to uint8 ``(3, S, S)`` (shorter side resized, centre crop)."""
+    """Image ``i`` read with ``reading``: ``(i, uint8 (3, S, S) or None, error, digest)``; the
+    digest hashes the pixels, so identical images are known without comparing them."""
 
-    def __init__(self, source: ImageSource, image_size: int) -> None:
+    def __init__(self, source: ImageSource, reading: Reading) -> None:
         self.source = source
-        self.image_size = image_size
+        self.reading = reading
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, i: int) -> tuple[int, Tensor | None, str]:
-        try:
-            image = self.source.load(i)
-            if image.size != (self.image_size, self.image_size):
-                size = (self.image_size, self.image_size)
-                image = ImageOps.fit(image, size, Image.Resampling.BICUBIC)
-            array = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
-            return i, torch.from_numpy(array.copy()).permute(2, 0, 1), ""
-        except Exception as err:  # any undecodable file is skipped and reported, never fatal
-            return i, None, f"{type(err).__name__}: {err}"
+    def __getitem__(self, i: int) -> tuple[int, Tensor | None, str, str]:
+        image = self.source.read(i, self.reading)
+        if isinstance(image, Skipped):
+            return i, None, image.reason, ""
+        digest = hashlib.blake2b(image.numpy().tobytes(), digest_size=16).hexdigest()
+        return i, image, "", digest
 
 
-def _collate(items: list[tuple[int, Tensor | None, str]]) -> tuple[list[int], Tensor, list]:
-    good = [(i, image) for i, image, _ in items if image is not None]
-    failed = [(i, error) for i, image, error in items if image is None]
-    images = torch.stack([image for _, image in good]) if good else torch.empty(0, 3, 1, 1)
-    return [i for i, _ in good], images, failed  # images: (B, 3, S, S) uint8
+def _collate(items: list[tuple[int, Tensor | None, str, str]]) -> tuple:
+    good = [(i, image, digest) for i, image, _, digest in items if image is not None]
+    failed = [(i, error) for i, image, error, _ in items if image is None]
+    images = torch.stack([image for _, image, _ in good]) if good else torch.empty(0, 3, 1, 1)
+    index, digests = [i for i, _, _ in good], [d for _, _, d in good]
+    return index, images, failed, digests  # images: (B, 3, S, S) uint8
 
 
 def resolve_device(device: str) -> torch.device:
@@ -148,35 +157,48 @@ class Embeddings:
     ids: list[str]
     rows: list[int]  # index of each row in the source
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, error)
+    digests: list[str] = field(default_factory=list)  # of each row's pixels, as embedded
+
+    def duplicates(self) -> list[list[int]]:
+        """Rows whose images are identical as embedded (same pixels, so cosine 1): groups of
+        two or more, each in row order, the groups in order of their first row."""
+        groups: dict[str, list[int]] = {}
+        for row, digest in enumerate(self.digests):
+            groups.setdefault(digest, []).append(row)
+        return [rows for rows in groups.values() if len(rows) > 1]
 
 
 def embed_source(
     model,
     source: ImageSource,
-    image_size: int,
+    reading: Reading,
     device: torch.device,
     batch_size: int = 256,
     num_workers: int = 0,
     progress: bool = True,
 ) -> Embeddings:
-    """Embed every readable image of ``source`` with ``model.embed`` (eval, inference mode)."""
+    """Embed every readable image of ``source`` with ``model.embed`` (eval, inference mode),
+    each read with ``reading`` (its ``image_size`` set)."""
+    if reading.image_size is None:
+        raise ValueError("embed_source needs a reading with an image_size")
     loader = DataLoader(
-        _Decoded(source, image_size),
+        _Decoded(source, reading),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
     )
     bar = _progress(len(source), "embed") if progress else None
-    chunks, rows, skipped = [], [], []
+    chunks, rows, skipped, digests = [], [], [], []
     model.eval()
     with torch.inference_mode():
-        for index, images, failed in loader:
+        for index, images, failed, batch_digests in loader:
             skipped += [(source.ids[i], error) for i, error in failed]
             if index:
                 z = model.embed(images.to(device, non_blocking=True))  # (B, D)
                 chunks.append(z.float().cpu())
                 rows += index
+                digests += batch_digests
             if bar is not None:
                 bar.update(len(index) + len(failed))
     if bar is not None:
@@ -184,7 +206,7 @@ def embed_source(
     if not rows:
         raise ExploreError(f"none of the {len(source)} images could be read: {_first(skipped)}")
     z = torch.cat(chunks)  # (N, D)
-    return Embeddings(z, [source.ids[i] for i in rows], rows, skipped)
+    return Embeddings(z, [source.ids[i] for i in rows], rows, skipped, digests)
 
 
 def _progress(total: int, desc: str):

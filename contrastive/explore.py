@@ -4,8 +4,11 @@
 ``(N, D)`` float32 embeddings and ``emb.ids.jsonl`` (one id per row, as a JSON string).
 ``contrastive similar`` embeds the same way, then draws the most similar pairs of the collection
 (or the nearest neighbours of ``--query IMG``) as a labelled PNG grid and prints them as a
-table. The images and their embedding are in :mod:`contrastive.collection`, the pair search
-and the grid in :mod:`contrastive.pairs`. Checkpoints load through
+table; images identical as embedded (cosine 1 from the same pixels) are reported apart, as
+groups, and not ranked. Files are read as the checkpoint's data module read them in training
+(its size, centre crop or letterbox, pixel limit; ``--image-size``, ``--resize`` and
+``--max-pixels`` override). The images and their embedding are in :mod:`contrastive.collection`,
+the pair search and the grid in :mod:`contrastive.pairs`. Checkpoints load through
 :func:`contrastive.checkpoints.load_method`: a class outside ``contrastive`` needs
 ``--trust-module``. The output location is checked before any work, and nothing is
 overwritten without ``--overwrite``.
@@ -34,6 +37,8 @@ from contrastive.collection import (
     resolve_device,
     write_ids,
 )
+from contrastive.datamodules.common import Skipped
+from contrastive.datamodules.images import RESIZE_MODES, Reading
 from contrastive.encoder import Encoder
 from contrastive.pairs import (
     draw_grid,
@@ -53,7 +58,7 @@ def load_compare_model(
     (``open_clip:ViT-B-32`` with ``--compare-pretrained laion2b_s34b_b79k``, ``timm:NAME``).
 
     Returns:
-        ``(model with .embed, image size or None)``.
+        ``(model with .embed, how it reads images)``.
     """
     if Path(spec).expanduser().is_file() or spec.endswith(".ckpt"):
         return load_method(spec, device, trusted, what="--compare-ckpt")
@@ -64,10 +69,12 @@ def load_compare_model(
         model = Encoder(create_backbone(spec, pretrained=weights))
     except (UnknownBackboneError, BackboneWeightsError) as err:
         raise ExploreError(f"--compare-ckpt {spec}: {err}") from None
-    return model.eval().to(device), model.image_size
+    return model.eval().to(device), Reading(model.image_size)
 
 
 # ---- the two commands ---------------------------------------------------------------------
+
+THUMB = 112  # side of the grid's thumbnails, in pixels
 
 
 def check_output(path: Path, overwrite: bool) -> None:
@@ -92,29 +99,35 @@ def check_output(path: Path, overwrite: bool) -> None:
 
 class _Loaded(NamedTuple):
     model: torch.nn.Module  # with .embed
-    image_size: int
+    reading: Reading  # how it reads images, image_size set
     name: str  # as given on the command line
 
 
 def _load(args, ckpt: str, device: torch.device, compare: bool = False) -> _Loaded:
-    """The model of ``--ckpt`` (or ``--compare-ckpt``) and the image size it embeds at."""
+    """The model of ``--ckpt`` (or ``--compare-ckpt``) and how it reads images: as its training
+    data did, but for what the command line sets."""
     if compare:
-        model, trained_size = load_compare_model(ckpt, args.compare_pretrained, device, args.trust)
+        model, trained = load_compare_model(ckpt, args.compare_pretrained, device, args.trust)
     else:
-        model, trained_size = load_method(ckpt, device, args.trust, what="--ckpt")
-    image_size = args.image_size or trained_size or DEFAULT_IMAGE_SIZE
-    if isinstance(model, Encoder):  # a pretrained model sees the size it was made for
-        image_size = model.image_size or image_size
-    return _Loaded(model, image_size, ckpt)
+        model, trained = load_method(ckpt, device, args.trust, what="--ckpt")
+    reading = trained.but(
+        image_size=args.image_size, resize=args.resize, max_pixels=args.max_pixels
+    )
+    if isinstance(model, Encoder) and model.image_size:  # a pretrained model: its own size
+        reading = reading._replace(image_size=model.image_size)
+    if reading.image_size is None:
+        reading = reading._replace(image_size=DEFAULT_IMAGE_SIZE)
+    return _Loaded(model, reading, ckpt)
 
 
 def _embed_with(args, loaded: _Loaded, device: torch.device, source: ImageSource | None = None):
+    reading = loaded.reading
     if source is None:
-        source = image_source(args.images, loaded.image_size)
+        source = image_source(args.images, reading.image_size)
     emb = embed_source(
         loaded.model,
         source,
-        loaded.image_size,
+        reading,
         device,
         args.batch_size,
         args.num_workers,
@@ -122,7 +135,7 @@ def _embed_with(args, loaded: _Loaded, device: torch.device, source: ImageSource
     )
     print(
         f"embedded {len(emb.ids)} of {len(source)} images with {loaded.name} "
-        f"({emb.z.shape[1]} dims, {loaded.image_size} px)",
+        f"({emb.z.shape[1]} dims, {reading.image_size} px, {reading.resize})",
         file=sys.stderr,
     )
     if emb.skipped:
@@ -160,15 +173,23 @@ def run_similar(args: argparse.Namespace) -> list[dict]:
     )
     emb, source = _embed_with(args, model, device)
     z = torch.nn.functional.normalize(emb.z.to(device), dim=1)  # (N, D), unit rows
+    duplicates: list[list[int]] = []
     if args.query is None:
         use_faiss = args.search == "faiss" or (args.search == "auto" and faiss_available())
         if args.search == "faiss" and not faiss_available():
             raise ExploreError("--search faiss: faiss is not installed (pip install faiss-cpu)")
+        # Identical images (cosine 1 from the same pixels) are reported apart; the ranking
+        # sees one of each, so repeated or degenerate files do not fill the picture.
+        duplicates = emb.duplicates()
+        repeated = {row for group in duplicates for row in group[1:]}
+        kept = [row for row in range(len(emb.ids)) if row not in repeated]
         if use_faiss:
-            scores, i, j = top_pairs_faiss(z, args.top)
+            scores, i, j = top_pairs_faiss(z[kept], args.top)
         else:
-            scores, i, j = top_pairs(z, args.top, args.chunk_size)
-        pairs = [(int(a), int(b), float(s)) for a, b, s in zip(i, j, scores, strict=True)]
+            scores, i, j = top_pairs(z[kept], args.top, args.chunk_size)
+        pairs = [
+            (kept[int(a)], kept[int(b)], float(s)) for a, b, s in zip(i, j, scores, strict=True)
+        ]
         query = query_emb = None
     else:
         query = ImageSource([args.query], paths=[Path(args.query)])
@@ -207,14 +228,35 @@ def run_similar(args: argparse.Namespace) -> list[dict]:
         row["lines"] = lines
         rows.append(row)
 
+    thumbs = model.reading._replace(image_size=THUMB)  # the model's view, at the grid's size
+
     def load(index: int) -> Image.Image:
-        return query.load(0) if index < 0 else source.load(index)
+        image = query.read(0, thumbs) if index < 0 else source.read(index, thumbs)
+        if isinstance(image, Skipped):
+            raise OSError(image.reason)  # drawn as an empty frame
+        return Image.fromarray(image.permute(1, 2, 0).numpy())
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    draw_grid(rows, load, out)
+    draw_grid(rows, load, out, THUMB)
     _print_table(rows, other is not None)
+    _print_duplicates([[emb.ids[row] for row in group] for group in duplicates])
     print(f"wrote {out} ({len(rows)} rows)", file=sys.stderr)
     return rows
+
+
+def _print_duplicates(groups: list[list[str]], shown_groups: int = 20) -> None:
+    """The groups of identical images, one a line, after the ranked pairs."""
+    if not groups:
+        return
+    images = sum(len(g) for g in groups)
+    print(
+        f"\nexact duplicates: {len(groups)} groups of identical images ({images} images; "
+        "cosine 1 from the same pixels as embedded), left out of the pairs above"
+    )
+    for n, group in enumerate(groups[:shown_groups], 1):
+        print("\t".join([f"dup{n}", *(shown(i) for i in group)]))
+    if len(groups) > shown_groups:
+        print(f"... and {len(groups) - shown_groups} more groups")
 
 
 def _print_table(rows: list[dict], compare: bool) -> None:
@@ -257,6 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
         sub.add_argument(
             "--image-size", type=int, default=None, help="default: the training size, else 224"
+        )
+        sub.add_argument(
+            "--resize",
+            choices=RESIZE_MODES,
+            default=None,
+            help="crop: the centre square; letterbox: the whole image on white (default: as "
+            "the checkpoint's data module, else crop)",
+        )
+        sub.add_argument(
+            "--max-pixels",
+            type=int,
+            default=None,
+            help="larger images are skipped as possible decompression bombs (default: the "
+            "checkpoint's data module's limit, else 89478485)",
         )
         sub.add_argument("--overwrite", action="store_true")
         sub.add_argument("--no-progress", action="store_true")

@@ -131,19 +131,22 @@ def test_user_mistakes_are_one_line(ckpt, tmp_path, monkeypatch, capsys, images,
 
 
 def _table(stdout: str) -> list[list[str]]:
-    return [line.split("\t") for line in stdout.strip().splitlines()[1:]]
+    """The ranked table: the lines after the header, up to the duplicates' section."""
+    table = stdout.strip().split("\n\n")[0]
+    return [line.split("\t") for line in table.splitlines()[1:]]
 
 
 def test_similar_pairs_query_and_compare(ckpt, ckpt2, folder, tmp_path, capsys):
     out = tmp_path / "pairs.png"
     _cli("similar", "--ckpt", str(ckpt), "--images", str(folder), "--top", "3", "--out", str(out))
-    rows = _table(capsys.readouterr().out)
+    stdout = capsys.readouterr().out
+    rows = _table(stdout)
     assert len(rows) == 3
-    assert {rows[0][2], rows[0][3]} == {
-        str(folder / "img2.png"),
-        str(folder / "sub/copy_of_img2.png"),
-    }
-    assert float(rows[0][1]) == pytest.approx(1.0, abs=1e-4)
+    copy = str(folder / "sub/copy_of_img2.png")
+    # The byte copy is an exact duplicate: reported apart, not ranked.
+    assert all(copy not in row for row in rows)
+    assert f"dup1\t{folder / 'img2.png'}\t{copy}" in stdout.splitlines()
+    assert "exact duplicates: 1 groups of identical images (2 images" in stdout
     assert float(rows[0][1]) >= float(rows[1][1]) >= float(rows[2][1])
     with Image.open(out) as grid:
         assert grid.width > 0 and grid.height > 0
@@ -295,7 +298,11 @@ def test_a_newline_in_a_file_name_keeps_one_id_per_row(ckpt, folder, tmp_path, c
     capsys.readouterr()
     _cli("similar", "--ckpt", str(ckpt), "--images", str(folder), "--top", "20",
          "--out", str(tmp_path / "pairs.png"))  # fmt: skip
-    table = _table(capsys.readouterr().out)
-    assert len(table) == 20 and all(len(row) == 4 for row in table)  # one line, 4 cells a pair
-    shown = {json.loads(c) if c.startswith('"') else c for row in table for c in row[2:]}
+    stdout = capsys.readouterr().out
+    table = _table(stdout)
+    # 9 images, 3 of them copies: the 6 distinct ones make 15 pairs, one line of 4 cells each.
+    assert len(table) == 15 and all(len(row) == 4 for row in table)
+    dups = [line.split("\t")[1:] for line in stdout.splitlines() if line.startswith("dup")]
+    assert len(dups) == 3 and all(len(group) == 2 for group in dups)  # one line a group
+    shown = {json.loads(c) if c.startswith('"') else c for group in dups for c in group}
     assert str(odd) in shown and str(folder / "tab\there.png") in shown

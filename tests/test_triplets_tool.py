@@ -18,6 +18,7 @@ from contrastive import collection
 from contrastive.backbones import create_backbone
 from contrastive.checkpoints import load_method
 from contrastive.cli import main as cli_main
+from contrastive.datamodules.images import Reading
 from contrastive.datamodules.triplets import read_triplet_manifest
 from contrastive.encoder import Encoder
 from contrastive.tools import triplets as tool
@@ -134,7 +135,7 @@ def test_neighbor_pairs_are_among_the_k_nearest(image_set, tmp_path, capsys):
         model = Encoder(create_backbone("small_cnn")).eval()
     paths = sorted(image_set.glob("*/*.png"))
     source = collection.ImageSource([str(p) for p in paths], paths=paths)
-    z = collection.embed_source(model, source, 32, torch.device("cpu"), progress=False).z
+    z = collection.embed_source(model, source, Reading(32), torch.device("cpu"), progress=False).z
     z = torch.nn.functional.normalize(z, dim=1)
     sims = z @ z.T  # (12, 12)
     sims.fill_diagonal_(float("-inf"))
@@ -255,10 +256,10 @@ def test_neighbor_pairs_with_a_trained_checkpoint(image_set, tmp_path, monkeypat
     args = ["--images", image_set, "--pairs", "neighbors", "--ckpt", ckpt, "--k", "1"]
     assert _run(*args, "--num-pairs", "6", "--device", "cpu", "--out", out) == 0
     assert "(32 dims, 32 px)" in capsys.readouterr().err  # the training image size
-    model, size = load_method(ckpt, torch.device("cpu"))
+    model, reading = load_method(ckpt, torch.device("cpu"))  # as the training data read them
     paths = sorted(image_set.glob("*/*.png"))
     source = collection.ImageSource([str(p) for p in paths], paths=paths)
-    z = collection.embed_source(model, source, size, torch.device("cpu"), progress=False).z
+    z = collection.embed_source(model, source, reading, torch.device("cpu"), progress=False).z
     z = torch.nn.functional.normalize(z, dim=1)
     sims = (z @ z.T).fill_diagonal_(float("-inf"))  # (12, 12)
     index = {str(p.resolve()): i for i, p in enumerate(paths)}

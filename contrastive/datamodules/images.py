@@ -46,7 +46,8 @@ from __future__ import annotations
 import io
 import os
 import threading
-from typing import Literal, get_args
+from collections.abc import Mapping
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
@@ -55,6 +56,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from contrastive.datamodules.common import Skipped
+from contrastive.pixels import rgb_array
 
 # Pillow's own default limit (about 89.5 megapixels, 256 MiB of 24-bit RGB): a 12,000 x 7,000
 # photograph passes, a bomb that would decode to several GiB does not.
@@ -112,6 +114,52 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
             return None
         pos += 2 + length
     return None
+
+
+class Reading(NamedTuple):
+    """How image files become what a model sees, ``(3, image_size, image_size)`` uint8.
+
+    A data module's settings, saved in its checkpoint: ``embed``, ``similar`` and ``data
+    triplets`` read them back (:meth:`of_data`), so a file is decoded and resized for looking
+    exactly as it was for training.
+
+    Attributes:
+        image_size: Output side; ``None`` when unknown (to be chosen by the caller).
+        resize: ``"crop"`` or ``"letterbox"`` (module docstring).
+        max_pixels: Largest ``height * width`` decoded; larger images are skipped.
+    """
+
+    image_size: int | None = None
+    resize: Resize = "crop"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    @classmethod
+    def of_data(cls, hparams: Mapping | None) -> Reading:
+        """The reading of a data module's hyper-parameters (a checkpoint's
+        ``datamodule_hyper_parameters``); the defaults for what they do not set."""
+        hparams = hparams if isinstance(hparams, Mapping) else {}
+
+        def positive(key: str) -> int | None:
+            value = hparams.get(key)
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            return value if ok else None
+
+        resize = hparams.get("resize")
+        return cls(
+            positive("image_size"),
+            resize if resize in RESIZE_MODES else "crop",
+            positive("max_pixels") or DEFAULT_MAX_PIXELS,
+        )
+
+    def but(self, **given) -> Reading:
+        """This reading with the settings given (those not ``None``) instead."""
+        return self._replace(**{k: v for k, v in given.items() if v is not None})
+
+    def load(self, path: str | os.PathLike) -> torch.Tensor | Skipped:
+        """:func:`load_image` with these settings."""
+        if self.image_size is None:
+            raise ValueError("Reading.load needs an image_size")
+        return load_image(path, self.image_size, self.max_pixels, self.resize)
 
 
 def resize_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -174,27 +222,6 @@ def check_resize(resize: str, size: int) -> None:
         raise ValueError(f"size must be >= 1 pixel, got {size}")
 
 
-def _to_rgb_array(im: Image.Image) -> np.ndarray:
-    """A decoded Pillow image as ``(H, W, 3)`` uint8 RGB (see the module docstring's table)."""
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        gray = np.asarray(im).astype(np.float32)  # (H, W), 16-bit range
-        gray = np.clip(gray, 0, 65535) / 257.0
-        return np.repeat(np.rint(gray).astype(np.uint8)[:, :, None], 3, axis=2)
-    if im.mode == "F":
-        gray = np.asarray(im, dtype=np.float32)
-        scale = 255.0 if gray.size and np.nanmax(gray) <= 1.0 else 1.0
-        gray = np.nan_to_num(np.clip(gray * scale, 0, 255))
-        return np.repeat(np.rint(gray).astype(np.uint8)[:, :, None], 3, axis=2)
-    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        im.mode == "P" and "transparency" in im.info
-    )
-    if has_alpha:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(white, rgba)
-    return np.array(im.convert("RGB"))  # a writable copy, for torch.from_numpy
-
-
 def _open_pil(data: bytes) -> Image.Image:
     """Pillow's lazy open, with its global pixel limit off (``load_image`` applies its own)."""
     with _PIL_LIMIT_LOCK:
@@ -236,7 +263,7 @@ def _decode_pil(data: bytes, max_pixels: int, exif: bool = True) -> np.ndarray |
         try:
             im.load()
             im = ImageOps.exif_transpose(im) if exif else im
-            return _to_rgb_array(im)
+            return rgb_array(im)
         except Exception as error:
             return _failed_reason(data, error)
 

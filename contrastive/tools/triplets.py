@@ -103,12 +103,13 @@ def embed_items(items: list[Item], args: argparse.Namespace):
     from contrastive import collection
     from contrastive.backbones import BackboneWeightsError, UnknownBackboneError, create_backbone
     from contrastive.checkpoints import load_method
+    from contrastive.datamodules.images import Reading
     from contrastive.encoder import Encoder
 
     device = collection.resolve_device(args.device)
     try:
         if args.ckpt is not None:
-            model, size = load_method(args.ckpt, device, args.trust)
+            model, reading = load_method(args.ckpt, device, args.trust)  # as it trained
         else:
             named = {None: False, "true": True, "false": False}
             weights: bool | str = named.get(args.pretrained, args.pretrained)
@@ -116,11 +117,13 @@ def embed_items(items: list[Item], args: argparse.Namespace):
                 torch.manual_seed(args.seed)  # a random-init backbone is the same on every run
                 backbone = create_backbone(args.backbone, pretrained=weights)
             model = Encoder(backbone).eval().to(device)
-            size = model.image_size
-        image_size = args.image_size or size or collection.DEFAULT_IMAGE_SIZE
+            reading = Reading(model.image_size)
+        reading = reading.but(image_size=args.image_size)
+        image_size = reading.image_size or collection.DEFAULT_IMAGE_SIZE
+        reading = reading._replace(image_size=image_size)
         source = collection.ImageSource([str(i.path) for i in items], paths=[i.path for i in items])
         emb = collection.embed_source(
-            model, source, image_size, device, args.batch_size, progress=False
+            model, source, reading, device, args.batch_size, progress=False
         )
     except (collection.ExploreError, UnknownBackboneError, FileNotFoundError, ValueError) as err:
         raise InputError(str(err)) from None  # ValueError: e.g. small_cnn with --pretrained
