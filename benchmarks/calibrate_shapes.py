@@ -1,9 +1,11 @@
 """Calibrate the built-in shapes data: is each attribute hard at random init, and solvable?
 
 For the same architecture as the shipped configs, prints per attribute:
-  - kNN top-1 of the random-init encoder (the floor the report compares against);
+  - kNN top-1 and the linear probe of the random-init encoder (the floor the report compares
+    against), with the evaluation layer's own functions (contrastive.evaluation);
   - test accuracy of the encoder trained with labels (supervised, cross-entropy), showing the
-    attribute is learnable from these pixels: the ceiling.
+    attribute is learnable from these pixels: the ceiling; and what the evaluation layer reads
+    from that encoder's features, kNN and the linear probe (bank: 4096 train images).
 
     python benchmarks/calibrate_shapes.py --attributes shape --epochs 6
 """
@@ -20,7 +22,8 @@ from torch import nn
 from contrastive.augment import Augment
 from contrastive.backbones import create_backbone
 from contrastive.datamodules.shapes import ATTRIBUTES, ShapesDataset
-from contrastive.metrics import knn_accuracy
+from contrastive.evaluation.knn import knn_accuracy
+from contrastive.evaluation.linear_probe import linear_probe_accuracy
 
 
 def load(split: str, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,7 +40,15 @@ def features(encoder: nn.Module, images: torch.Tensor, normalize) -> torch.Tenso
     return torch.cat([encoder(normalize(chunk)) for chunk in images.split(512)])
 
 
-def supervised(attribute: int, num_classes: int, train, test, args, normalize) -> float:
+def read(encoder: nn.Module, bank, test, num_classes: list[int], normalize) -> list[tuple]:
+    """kNN and linear-probe accuracy of every attribute from ``encoder``'s features."""
+    bank_x, test_x = features(encoder, bank[0], normalize), features(encoder, test[0], normalize)
+    knn = knn_accuracy(test_x, test[1], bank_x, bank[1], num_classes)
+    linear = linear_probe_accuracy(test_x, test[1], bank_x, bank[1], num_classes)
+    return list(zip(knn.tolist(), linear.tolist(), strict=True))
+
+
+def supervised(attribute: int, num_classes: int, train, test, args, normalize):
     torch.manual_seed(0)
     encoder = create_backbone(args.backbone, width=args.width)
     model = nn.Sequential(encoder, nn.Linear(encoder.num_features, num_classes))
@@ -57,7 +68,7 @@ def supervised(attribute: int, num_classes: int, train, test, args, normalize) -
     model.eval()
     with torch.no_grad():
         logits = torch.cat([model(normalize(chunk)) for chunk in test[0].split(512)])
-    return (logits.argmax(1) == test[1][:, attribute]).float().mean().item()
+    return (logits.argmax(1) == test[1][:, attribute]).float().mean().item(), encoder
 
 
 def main() -> None:
@@ -79,24 +90,22 @@ def main() -> None:
     torch.manual_seed(0)
     random_init = create_backbone(args.backbone, width=args.width)
     num_classes = [int(train[1][:, i].max()) + 1 for i in range(len(ATTRIBUTES))]
-    random_knn = knn_accuracy(
-        features(random_init, test[0], normalize),
-        test[1],
-        features(random_init, bank[0], normalize),
-        bank[1],
-        num_classes,
-    )
+    floor = read(random_init, bank, test, num_classes, normalize)
     print(f"{args.backbone} (width {args.width}), {args.size} px, {args.num_train} train images")
-    header = f"{'attribute':<12}{'classes':>8}{'chance':>8}{'random-init kNN':>17}"
-    print(f"{header}{'supervised':>12}{'s':>6}")
+    print(
+        f"{'attribute':<12}{'classes':>8}{'chance':>8}{'random kNN':>12}{'random linear':>15}"
+        f"{'supervised':>12}{'its kNN':>9}{'its linear':>12}{'s':>6}"
+    )
     for i, name in enumerate(ATTRIBUTES):
-        sup, secs = "", ""
+        ceiling = ""
         if name in args.attributes:
             start = time.perf_counter()
-            sup = f"{supervised(i, num_classes[i], train, test, args, normalize):.3f}"
-            secs = f"{time.perf_counter() - start:.0f}"
+            accuracy, encoder = supervised(i, num_classes[i], train, test, args, normalize)
+            knn, linear = read(encoder, bank, test, num_classes, normalize)[i]
+            seconds = time.perf_counter() - start
+            ceiling = f"{accuracy:>12.3f}{knn:>9.3f}{linear:>12.3f}{seconds:>6.0f}"
         row = f"{name:<12}{num_classes[i]:>8}{1 / num_classes[i]:>8.3f}"
-        print(f"{row}{random_knn[i].item():>17.3f}{sup:>12}{secs:>6}")
+        print(f"{row}{floor[i][0]:>12.3f}{floor[i][1]:>15.3f}{ceiling}")
 
 
 if __name__ == "__main__":

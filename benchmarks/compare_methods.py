@@ -145,8 +145,9 @@ def run_method(method: str, dataset: str, out: Path, epochs: int | None, quick: 
 
 
 def run_pixels(dataset: str, quick: bool) -> dict:
-    """kNN on raw pixels (flattened, as floats) of the data module's bank and queries."""
-    from contrastive.metrics import KNNAccuracy
+    """kNN on raw pixels (flattened, standardised per pixel with the bank's mean and std, as
+    benchmarks/fashion_mnist_pixels.py does) of the data module's bank and queries."""
+    from contrastive.evaluation.knn import KNNAccuracy
 
     args = _args_for("simclr", dataset, None, quick)
     cli = ContrastiveCLI(args=args, run=False)
@@ -155,11 +156,16 @@ def run_pixels(dataset: str, quick: bool) -> dict:
     names = list(data.num_classes)
     knn = KNNAccuracy(list(data.num_classes.values()))
     bank, query = data.test_dataloader()
-    for loader, update in ((bank, knn.update_bank), (query, knn.update)):
-        for batch in loader:
-            pixels = batch["image"].flatten(1).float() / 255  # (B, C * H * W)
-            labels = torch.stack([batch["labels"][a] for a in names], dim=1)  # (B, A)
-            update(pixels, labels)
+    rows = {}
+    for name, loader in (("bank", bank), ("query", query)):
+        batches = list(loader)
+        pixels = torch.cat([b["image"].flatten(1).float() / 255 for b in batches])  # (N, C*H*W)
+        labels = torch.cat([torch.stack([b["labels"][a] for a in names], 1) for b in batches])
+        rows[name] = pixels, labels  # (N, A) labels
+    mean, std = rows["bank"][0].mean(dim=0), rows["bank"][0].std(dim=0)
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    knn.update_bank((rows["bank"][0] - mean) / std, rows["bank"][1])
+    knn.update((rows["query"][0] - mean) / std, rows["query"][1])
     accuracy = knn.compute().reshape(-1)
     metrics = {f"test/knn/{a}": float(v) for a, v in zip(names, accuracy, strict=True)}
     command = [
@@ -181,14 +187,16 @@ def table(out: Path, dataset: str) -> str:
         return f"no results under {out / dataset}"
     keys = [k for r in results for k in r["metrics"]]  # in the order the data names them
     attributes = list(dict.fromkeys(k.split("/")[-1] for k in keys if "/knn/" in k))
-    extra = sorted({k for k in keys if "/knn" not in k})
+    extra = sorted(
+        {k for k in keys if "/knn/" not in k and not k.startswith(("test/random/", "test/chance/"))}
+    )
     header = ["method", *[f"kNN {a}" for a in attributes], *extra, "s/epoch", "img/s"]
     rows = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in results:
         m = r["metrics"]
         knn = [
             f"{m[f'test/knn/{a}']:.3f}" + (
-                f" ({m[f'test/knn_random/{a}']:.3f})" if f"test/knn_random/{a}" in m else ""
+                f" ({m[f'test/random/knn/{a}']:.3f})" if f"test/random/knn/{a}" in m else ""
             ) if f"test/knn/{a}" in m else ""
             for a in attributes
         ]  # fmt: skip

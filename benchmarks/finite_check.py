@@ -3,7 +3,7 @@
 The quickstart's SimCLR (``configs/simclr.yaml``: small CNN of width 16, channels-last,
 projector 512 -> 128, AdamW) on a batch of 128 uint8 images and their views at 32 px: a full
 step (views made, forward, backward, AdamW) with and without
-:func:`contrastive.methods.base.weights_finite` of the updated parameters, alternating round
+:func:`contrastive.optim.weights_finite` of the updated parameters, alternating round
 by round; prints the medians, the ratio, and the check alone.
 
     python benchmarks/finite_check.py --rounds 20
@@ -19,7 +19,7 @@ import torch
 
 from contrastive.augment import SimCLRAugment
 from contrastive.methods import SimCLR
-from contrastive.methods.base import weights_finite
+from contrastive.optim import weights_finite
 
 
 def main() -> None:

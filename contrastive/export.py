@@ -181,10 +181,13 @@ def check_embed_is_backbone(method: LightningModule, preprocessing: Preprocessin
     is all an export holds (not so for BYOL's ``representation="projector"`` or Conditional)."""
     weight = next(method.backbone.parameters(), None)
     dtype = weight.dtype if weight is not None else torch.float32
-    views = _probe(preprocessing).to(method.device)
-    views = method.augment.normalize(views).to(dtype)
+    images = _probe(preprocessing).to(method.device)  # (2, C, S, S) uint8
+    views = method.augment.normalize(images).to(dtype)
+    low_precision = torch.autocast(method.device.type, dtype, enabled=dtype != torch.float32)
     try:
-        represented, features = method.represent(views), method.backbone(views)
+        with low_precision:  # embed normalises in float32; weights may be bf16
+            represented = method.embed(images)
+        features = method.backbone(views)
     except Exception as err:
         raise ExportError(
             f"the backbone does not run on a probe batch {tuple(views.shape)}: "

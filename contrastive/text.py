@@ -49,11 +49,7 @@ class TextTower(nn.Module):
 
     def encode(self, texts: list[str]) -> Tensor:
         """Tokenize and embed a list of strings on this tower's device: ``(len(texts), D)``."""
-        device = next(self.parameters()).device
-        tokens = self.tokenizer(list(texts))
-        if isinstance(tokens, dict):
-            return self({k: v.to(device) for k, v in tokens.items()})
-        return self(tokens.to(device))
+        return self(tokens_to(self.tokenizer(list(texts)), next(self.parameters()).device))
 
 
 class OpenCLIPText(TextTower):
@@ -244,6 +240,54 @@ class TextCache:
             self.rows.update(list(computed.items())[: max(0, room)])
         return torch.stack([computed.get(t, self.rows.get(t)) for t in texts])
 
+    def features(self, tower: nn.Module, texts: list[str], tokens: Any) -> Tensor:
+        """``tower``'s output (without a graph) for ``texts``, whose ``tokens`` are given."""
+
+        def compute(index: list[int]) -> Tensor:
+            with torch.no_grad():
+                return tower(token_rows(tokens, torch.tensor(index)))
+
+        return self(texts, compute)
+
+
+def projections(
+    image_dim: int, tower: TextTower, width: int, text_projection: bool, name: str
+) -> tuple[nn.Module, nn.Module]:
+    """The image and text projections into a shared space of ``width``, without bias.
+
+    Without ``text_projection`` (LiT's locked tower) the text side is the identity and the image
+    projects straight into the tower's space, so ``width`` (argument ``name``) must be its width.
+    """
+    if not text_projection and width != tower.num_features:
+        raise ValueError(
+            f"without text_projection, {name} ({width}) must equal the text tower's "
+            f"num_features ({tower.num_features})"
+        )
+    image = nn.Linear(image_dim, width, bias=False)
+    text = nn.Linear(tower.num_features, width, bias=False) if text_projection else nn.Identity()
+    return image, text
+
+
+def distinct_texts(texts: list[str] | tuple[str, ...]) -> tuple[list[str], Tensor]:
+    """The distinct texts in order of first appearance, and each text's ``(N,)`` row among them."""
+    rows: dict[str, int] = {}
+    index = [rows.setdefault(t, len(rows)) for t in texts]
+    return list(rows), torch.tensor(index)
+
+
+def tokens_to(tokens: Any, device: torch.device) -> Any:
+    """A tokenizer's output (a tensor or a dict of tensors) on ``device``."""
+    if isinstance(tokens, dict):
+        return {k: v.to(device) for k, v in tokens.items()}
+    return tokens.to(device)
+
+
+def token_rows(tokens: Any, index: Tensor) -> Any:
+    """Rows ``index`` of a tokenizer's output (a tensor or a dict of tensors)."""
+    if isinstance(tokens, dict):
+        return {k: v[index] for k, v in tokens.items()}
+    return tokens[index]
+
 
 def freeze(module: nn.Module) -> nn.Module:
     """Stop gradients into ``module``; the caller keeps it in eval (``keep_frozen_eval``)."""
@@ -268,7 +312,11 @@ __all__ = [
     "SentenceTransformerText",
     "TextCache",
     "TextTower",
+    "distinct_texts",
     "freeze",
     "keep_frozen_eval",
+    "projections",
     "resolve_sentence_transformer",
+    "token_rows",
+    "tokens_to",
 ]

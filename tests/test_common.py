@@ -1,8 +1,16 @@
 import pickle
 
+import pytest
 import torch
 
-from contrastive.datamodules.common import Collate, Skipped, SkipReport
+from contrastive.datamodules.common import (
+    Collate,
+    DataError,
+    EvaluationData,
+    Skipped,
+    SkipReport,
+    check_evaluation_data,
+)
 
 
 def test_collate_drops_skipped_samples_and_passes_them_on():
@@ -40,3 +48,43 @@ def test_skip_report_counts_by_reason_and_names_the_first_few():
     )
     report.reset()
     assert report.total == 0 and report.summary("x") is None
+
+
+def test_what_each_data_module_offers_for_evaluation_is_one_checked_record():
+    from contrastive.datamodules import ShapesDataModule, ShapesTripletDataModule
+
+    shapes = check_evaluation_data(ShapesDataModule())
+    assert shapes.has_bank and shapes.query_loader == 1
+    assert shapes.num_classes["shape"] == 6 and len(shapes.class_names["shape"]) == 6
+    triplets = check_evaluation_data(ShapesTripletDataModule(conditions=["color"]))
+    assert triplets.conditions == ("color",) and "held-out" in triplets.phrasings["color"]
+    assert EvaluationData(has_bank=False).query_loader == 0
+
+
+class _Offers:
+    def __init__(self, data):
+        self.data = data
+
+    def evaluation_data(self):
+        return self.data
+
+
+@pytest.mark.parametrize(
+    "offer, message",
+    [
+        (object(), "object does not say what it offers for evaluation: give it evaluation_data"),
+        (_Offers({"shape": 6}), "returned dict, not EvaluationData"),
+        (_Offers(EvaluationData(num_classes={"shape": 0})), "'shape' has 0 classes"),
+        (
+            _Offers(EvaluationData(num_classes={"shape": 2}, class_names={"shape": ("a",)})),
+            "1 class names for 'shape', which has 2 classes",
+        ),
+        (
+            _Offers(EvaluationData(conditions=("color",), phrasings={"color": {"seen": ["x"]}})),
+            "condition 'color' needs class names",
+        ),
+    ],
+)
+def test_a_data_module_that_offers_nothing_usable_is_one_clear_error(offer, message):
+    with pytest.raises(DataError, match=message):
+        check_evaluation_data(offer)

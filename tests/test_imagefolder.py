@@ -26,6 +26,7 @@ from contrastive.datamodules.imagefolder import (
     PathArray,
     default_num_workers,
 )
+from contrastive.evaluation import EmbeddingReport
 from contrastive.methods import SimCLR
 
 CLASS_COLORS = {"cat": (220, 40, 40), "dog": (40, 200, 60), "owl": (40, 80, 230)}
@@ -346,6 +347,7 @@ def _validate(module: ImageFolderDataModule) -> dict[str, float]:
     trainer = Trainer(
         accelerator="cpu",
         logger=False,
+        callbacks=[EmbeddingReport()],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -357,7 +359,7 @@ def _validate(module: ImageFolderDataModule) -> dict[str, float]:
 def test_unlabelled_validation_gives_the_embedding_metrics_without_a_bank(tmp_path):
     write_class_tree(tmp_path, per_class=4)
     metrics = _validate(data(tmp_path, labelled=False, val_fraction=0.5, image_size=32))
-    assert {"val/uniformity", "val/effective_rank", "val/alignment"} <= set(metrics)
+    assert {"val/uniformity", "val/rankme", "val/centred_rankme"} <= set(metrics)
     assert not any(key.startswith("val/knn") for key in metrics)
 
 

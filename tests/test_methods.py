@@ -6,9 +6,9 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from contrastive.backbones import register_backbone
 from contrastive.datamodules import ShapesDataModule
-from contrastive.methods import BYOL, ContrastiveMethod, SimCLR
+from contrastive.datamodules.common import Skipped
+from contrastive.methods import ContrastiveMethod, SimCLR
 
 
 def _tiny_data(**kwargs) -> ShapesDataModule:
@@ -99,46 +99,6 @@ def test_a_subclass_implements_only_its_loss():
         ContrastiveMethod(backbone_kwargs={"width": 4}).training_loss({})
 
 
-def test_validation_logs_knn_per_attribute_and_the_embedding_metrics():
-    model = SimCLR(backbone_kwargs={"width": 4}, projector_hidden_dim=16)
-    trainer = _trainer(max_steps=1, val_check_interval=1, num_sanity_val_steps=0)
-    data = _tiny_data()
-    trainer.fit(model, data)
-    logged = trainer.callback_metrics
-    for name in data.attributes:
-        assert 0.0 <= logged[f"val/knn/{name}"] <= 1.0
-    for name in ("alignment", "uniformity", "effective_rank", "embedding_std"):
-        assert torch.isfinite(logged[f"val/{name}"])
-
-
-@register_backbone("test_collapsed")
-def _collapsed(pretrained: bool = False, **kwargs) -> torch.nn.Module:
-    """Every image to the same point: the failure the collapse warning exists for."""
-
-    class Collapsed(torch.nn.Module):
-        num_features = 16
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.bias = torch.nn.Parameter(torch.ones(16))
-
-        def forward(self, x):
-            return self.bias.expand(len(x), -1) + 0 * x.mean()
-
-    return Collapsed()
-
-
-@pytest.mark.parametrize("backbone, collapsed", [("test_collapsed", True), ("small_cnn", False)])
-def test_a_collapsed_embedding_is_flagged_and_a_healthy_one_is_not(backbone, collapsed, recwarn):
-    kwargs = {} if collapsed else {"backbone_kwargs": {"width": 8}}
-    model = BYOL(backbone=backbone, projector_hidden_dim=16, predictor_hidden_dim=16, **kwargs)
-    trainer = _trainer(max_steps=1, val_check_interval=1, num_sanity_val_steps=0)
-    trainer.fit(model, _tiny_data())
-    warned = [w for w in recwarn if "embedding collapse" in str(w.message)]
-    assert bool(warned) == collapsed
-    assert (trainer.callback_metrics["val/effective_rank"] < 2) == collapsed
-
-
 def test_a_checkpoint_restores_the_normalisation_its_encoder_expects(tmp_path):
     from contrastive.augment import Augment
 
@@ -210,3 +170,34 @@ def test_views_of_one_size_share_a_forward_and_multi_crop_sizes_get_one_each():
     calls.clear()
     forward_views(network, views, separate=True)
     assert len(calls) == 5
+
+
+class _SkipFirst(torch.utils.data.Dataset):
+    """A split whose first sample cannot be used."""
+
+    def __init__(self, dataset, name: str) -> None:
+        self.dataset, self.name = dataset, name
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return Skipped(f"{self.name}:{i}", "bad file") if i == 0 else self.dataset[i]
+
+
+class _SkippingShapes(ShapesDataModule):
+    def setup(self, stage=None) -> None:
+        super().setup(stage)
+        for split in ("train", "val"):
+            self._datasets[split] = _SkipFirst(self._datasets[split], split)
+
+
+def test_each_stage_reports_its_own_skipped_samples(recwarn):
+    data = _SkippingShapes(num_train=64, num_val=32, num_test=32, num_bank=64, batch_size=16)
+    model = SimCLR(backbone_kwargs={"width": 4}, projector_hidden_dim=16)
+    # Validation at the epoch's end runs inside the train epoch, before its end hook.
+    _trainer(max_epochs=1, num_sanity_val_steps=0, limit_train_batches=4).fit(model, data)
+    lines = [str(w.message) for w in recwarn if "skipped" in str(w.message)]
+    assert any(line.startswith("train epoch 0: skipped 1 bad samples") for line in lines)
+    assert any(line.startswith("validation at step 4: skipped 1 bad samples") for line in lines)
+    assert all("train:0" not in line for line in lines if line.startswith("validation"))

@@ -83,3 +83,11 @@ def test_a_missing_sentence_transformer_is_a_one_line_error(tmp_path):
     with pytest.raises(BackboneWeightsError, match="sentence-transformers model") as err:
         SentenceTransformerText(str(tmp_path / "not-a-model"))
     assert "\n" not in str(err.value)
+
+
+def test_distinct_texts_keep_first_appearance_and_index_every_text():
+    from contrastive.text import distinct_texts
+
+    unique, index = distinct_texts(["same color", "both are red", "same color", "same size"])
+    assert unique == ["same color", "both are red", "same size"]
+    assert index.tolist() == [0, 1, 0, 2]

@@ -204,7 +204,9 @@ def test_loaders_give_triplet_batches_with_tokens(tmp_path):
     )
     dm.tokenizer = tokenize  # what a method does in its setup
     dm.setup("fit")
-    assert dm.conditions == ["color", "shape"] and dm.num_classes == {}
+    offer = dm.evaluation_data()  # triplets, no labels and no kNN bank
+    assert dm.conditions == ["color", "shape"] and offer.conditions == ["color", "shape"]
+    assert offer.num_classes == {} and not offer.has_bank
     train = list(dm.train_dataloader())
     assert len(train) == 3  # 15 training rows, batches of 4, the last incomplete one dropped
     batch = train[0]

@@ -1,4 +1,5 @@
-"""What every data module shares: skipping bad samples, and collating with a tokenizer.
+"""What every data module shares: skipping bad samples, collating with a tokenizer, and what it
+offers for evaluation.
 
 A dataset that cannot use a sample (a missing or corrupt image, an empty caption) returns a
 :class:`Skipped` in its place instead of raising, so one bad file never stops an epoch. The
@@ -9,17 +10,25 @@ the method counts them with a :class:`SkipReport` and warns once per epoch, nami
 Methods that read text (CLIP) give the data module their tokenizer (``datamodule.tokenizer``),
 and :class:`Collate` tokenizes ``batch["caption"]`` into ``batch["tokens"]`` in the loader's
 worker processes, off the training step's critical path.
+
+What a data module offers the evaluation callbacks (:mod:`contrastive.evaluation`) is one typed
+record, :class:`EvaluationData`, returned by its ``evaluation_data()`` (the
+:class:`EvaluatesWith` protocol) and checked once by :func:`check_evaluation_data`.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import lightning
 import torch
 from torch.utils.data import DataLoader, default_collate
+
+from contrastive import distributed
 
 
 class DataError(ValueError):
@@ -108,6 +117,100 @@ class SkipReport:
         return f"{where}: skipped {self.total} bad samples ({reasons}); first: {first}"
 
 
+class StageSkipReports:
+    """A :class:`SkipReport` per stage (train, validation, test, predict), so that each stage
+    reports its own skips: a train epoch's are not counted into the validation run inside it."""
+
+    def __init__(self) -> None:
+        self.reports = {stage: SkipReport() for stage in ("train", "validation", "test", "predict")}
+
+    def add(self, trainer: lightning.Trainer, skipped: Sequence[Skipped]) -> None:
+        """Count a batch's ``skipped`` samples under the trainer's current stage."""
+        stage = "train" if trainer.training else "test" if trainer.testing else "validation"
+        self.reports["predict" if trainer.predicting else stage].add(skipped)
+
+    def report(self, stage: str, where: str) -> None:
+        """One warning naming ``where`` for the samples ``stage`` skipped, then a fresh count."""
+        summary = self.reports[stage].summary(where)
+        if summary is not None:
+            rank = f"rank {distributed.rank()} " if distributed.is_distributed() else ""
+            warnings.warn(rank + summary, stacklevel=2)
+        self.reports[stage].reset()
+
+
+@dataclass(frozen=True)
+class EvaluationData:
+    """What a data module offers for evaluation.
+
+    Attributes:
+        num_classes: the label fields of ``batch["labels"]`` and their class counts (kNN, linear
+            probe); empty when the batches carry no labels.
+        class_names: the class names of label fields, in label order (zero-shot prompts,
+            condition texts); a subset of ``num_classes``' fields.
+        conditions: the attributes a condition can name (the conditional benchmark's rows, or
+            the ``condition`` values of triplet batches).
+        phrasings: ``{condition: {"seen": templates, "held-out": templates}}`` with ``{value}``
+            for the class name (the conditional benchmark).
+        has_bank: validation and test give two loaders, ``[bank, query]`` (the training images
+            without augmentation, then the held-out queries); otherwise one, the queries.
+    """
+
+    num_classes: Mapping[str, int] = field(default_factory=dict)
+    class_names: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    conditions: Sequence[str] = ()
+    phrasings: Mapping[str, Mapping[str, Sequence[str]]] = field(default_factory=dict)
+    has_bank: bool = True
+
+    @property
+    def query_loader(self) -> int:
+        """The index of the query loader among the evaluation loaders."""
+        return 1 if self.has_bank else 0
+
+
+@runtime_checkable
+class EvaluatesWith(Protocol):
+    """A data module the evaluation callbacks can read: it says what it offers."""
+
+    def evaluation_data(self) -> EvaluationData:
+        """What this data module offers for evaluation (after ``setup``)."""
+
+
+def check_evaluation_data(datamodule: object) -> EvaluationData:
+    """The data module's :class:`EvaluationData`, checked.
+
+    Raises:
+        DataError: One line naming the data module and what is wrong: no such method, or
+            class names, conditions or phrasings that do not match the label fields.
+    """
+    name = type(datamodule).__name__
+    if not isinstance(datamodule, EvaluatesWith):
+        raise DataError(
+            f"{name} does not say what it offers for evaluation: give it "
+            "evaluation_data() -> EvaluationData (contrastive/datamodules/common.py), or drop "
+            "the evaluation callbacks from trainer.callbacks"
+        )
+    data = datamodule.evaluation_data()
+    if not isinstance(data, EvaluationData):
+        raise DataError(
+            f"{name}.evaluation_data() returned {type(data).__name__}, not EvaluationData"
+        )
+    for field_name, n in data.num_classes.items():
+        if not isinstance(n, int) or n < 1:
+            raise DataError(f"{name}: label field {field_name!r} has {n!r} classes, expected >= 1")
+    for field_name, names in data.class_names.items():
+        if data.num_classes.get(field_name) != len(names):
+            raise DataError(
+                f"{name}: {len(names)} class names for {field_name!r}, which has "
+                f"{data.num_classes.get(field_name, 'no')} classes"
+            )
+    for condition in data.conditions if data.phrasings else ():
+        if condition not in data.class_names or not data.phrasings.get(condition, {}).get("seen"):
+            raise DataError(
+                f"{name}: condition {condition!r} needs class names and 'seen' phrasings"
+            )
+    return data
+
+
 class BankQueryDataModule(lightning.LightningDataModule):
     """The loaders of a labelled data module: shuffled train batches, and ``[bank, query]``
     for validation and test (the kNN memory and the held-out queries; see
@@ -115,11 +218,16 @@ class BankQueryDataModule(lightning.LightningDataModule):
 
     A subclass fills ``self._datasets`` in ``setup`` with ``"train"``, ``"bank"`` and the
     splits named by ``val_split`` and ``test_split``, and sets ``batch_size``,
-    ``eval_batch_size``, ``num_workers`` and ``tokenizer``.
+    ``eval_batch_size``, ``num_workers`` and ``tokenizer``, and has ``num_classes`` and
+    ``class_names`` (see :class:`EvaluationData`).
     """
 
     val_split = "val"
     test_split = "test"
+
+    def evaluation_data(self) -> EvaluationData:
+        """Labelled ``[bank, query]`` loaders: the label fields and their class names."""
+        return EvaluationData(num_classes=self.num_classes, class_names=self.class_names)
 
     def loader_workers(self) -> int:
         return self.num_workers

@@ -22,9 +22,11 @@ family has a bold italic), so partners are chosen from the train glyphs by prefe
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 
+from contrastive.datamodules.common import EvaluationData
 from contrastive.datamodules.fonts import ATTRIBUTES, FontsDataModule, FontsDataset
 from contrastive.datamodules.shape_triplets import check_phrasings
 
@@ -171,6 +173,12 @@ class FontTripletDataModule(FontsDataModule):
         phrasings = phrasings or PHRASINGS
         check_phrasings(self.conditions, phrasings, ATTRIBUTES)
         self.phrasings = {c: {g: list(t) for g, t in phrasings[c].items()} for c in self.conditions}
+
+    def evaluation_data(self) -> EvaluationData:
+        """The fonts' labelled ``[bank, query]`` loaders, and the benchmark's conditions."""
+        return replace(
+            super().evaluation_data(), conditions=self.conditions, phrasings=self.phrasings
+        )
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)

@@ -32,7 +32,7 @@ import lightning
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from contrastive import distributed
-from contrastive.datamodules.common import Collate, DataError, Skipped, Tokenizer
+from contrastive.datamodules.common import Collate, DataError, EvaluationData, Skipped, Tokenizer
 from contrastive.datamodules.images import DEFAULT_MAX_PIXELS, load_image
 from contrastive.datamodules.shards import TarShards, expand_shards
 from contrastive.files import TableError, table_rows
@@ -214,6 +214,10 @@ class ImageTextDataModule(lightning.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             collate_fn=Collate(self.tokenizer),
         )
+
+    def evaluation_data(self) -> EvaluationData:
+        """One evaluation loader of image-caption pairs, no labels: retrieval only."""
+        return EvaluationData(has_bank=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -12,10 +12,12 @@ the model never saw.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 
+from contrastive.datamodules.common import EvaluationData
 from contrastive.datamodules.shapes import (
     ATTRIBUTES,
     CLASS_NAMES,
@@ -196,6 +198,12 @@ class ShapesTripletDataModule(ShapesDataModule):
         phrasings = phrasings or PHRASINGS
         check_phrasings(self.conditions, phrasings)
         self.phrasings = {c: {g: list(t) for g, t in phrasings[c].items()} for c in self.conditions}
+
+    def evaluation_data(self) -> EvaluationData:
+        """The shapes' labelled ``[bank, query]`` loaders, and the benchmark's conditions."""
+        return replace(
+            super().evaluation_data(), conditions=self.conditions, phrasings=self.phrasings
+        )
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)

@@ -35,7 +35,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from contrastive.datamodules.common import Collate, DataError, Skipped, SkipReport, Tokenizer
+from contrastive.datamodules.common import (
+    Collate,
+    DataError,
+    EvaluationData,
+    Skipped,
+    SkipReport,
+    Tokenizer,
+)
 from contrastive.datamodules.images import load_image
 from contrastive.files import JSON_SUFFIXES, TableError, read_rows
 
@@ -178,9 +185,10 @@ class TripletDataset(Dataset):
 class TripletManifestDataModule(lightning.LightningDataModule):
     """(image, image, condition text) triplets from manifests, for text-conditioned methods.
 
-    Validation and test give one loader each of triplet items (no kNN bank: ``num_classes`` is
-    empty). Without ``val_manifest``, a seeded ``val_fraction`` of the train manifest's rows is
-    held out for validation (rows, not images, are split: an image may appear on both sides).
+    Validation and test give one loader each of triplet items (no kNN bank and no labels: see
+    ``evaluation_data``). Without ``val_manifest``, a seeded ``val_fraction`` of the train
+    manifest's rows is held out for validation (rows, not images, are split: an image may
+    appear on both sides).
     Test reads ``test_manifest``, or else the validation rows. ``tokenizer`` is set by the
     method; the loaders then tokenize ``text`` into ``text_tokens`` in their workers.
 
@@ -227,7 +235,6 @@ class TripletManifestDataModule(lightning.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers = num_workers
         self.tokenizer: Tokenizer | None = None  # set by the method: condition text -> tokens
-        self.num_classes: dict[str, int] = {}  # no labels: no kNN evaluation
         self._splits: dict[str, tuple[list[TripletRow], bool]] = {}  # rows, with negatives
 
     def _load(self) -> None:
@@ -259,6 +266,10 @@ class TripletManifestDataModule(lightning.LightningDataModule):
         """The condition names of every loaded row (train, validation and test), sorted."""
         self._load()
         return sorted({row.condition for rows, _ in self._splits.values() for row in rows})
+
+    def evaluation_data(self) -> EvaluationData:
+        """One evaluation loader of triplets, no labels: triplet accuracy per condition."""
+        return EvaluationData(conditions=self.conditions, has_bank=False)
 
     def setup(self, stage: str | None = None) -> None:
         self._load()

@@ -79,6 +79,6 @@ class BYOL(MomentumMethod):
         pairs = cross_view_pairs(p.shape[1])
         return sum(byol_loss(p[:, v], z[:, g]) for v, g in pairs) / len(pairs)
 
-    def represent(self, views: Tensor) -> Tensor:
-        features = self.backbone(views)  # (B, num_features)
+    def embed(self, images: Tensor) -> Tensor:
+        features = super().embed(images)  # (B, num_features)
         return self.projector(features) if self.representation == "projector" else features

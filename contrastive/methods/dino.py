@@ -188,7 +188,7 @@ class DINO(MomentumMethod):
             self.head.prototypes.grad = None  # as DINO's cancel_gradients_last_layer
             self.head.scale.grad = None
 
-    def represent(self, views: Tensor) -> Tensor:
+    def embed(self, images: Tensor) -> Tensor:
         if self.representation == "teacher":
-            return self.teacher_backbone(views)
-        return self.backbone(views)
+            return self.teacher_backbone(self._memory_format(self.augment.normalize(images)))
+        return super().embed(images)
