@@ -1,11 +1,12 @@
-"""Tests for CIFAR-10, CIFAR-100 and STL-10 (contrastive/datamodules/vision_sets.py).
+"""Tests for CIFAR-10, CIFAR-100, STL-10 and Fashion-MNIST (contrastive/datamodules/vision_sets.py).
 
 No network here: the tests write small fakes in the real on-disk formats (the CIFAR Python 2
-pickle batches, STL-10's column-major binaries) with known pixels.
+pickle batches, STL-10's column-major binaries, Fashion-MNIST's IDX files) with known pixels.
 """
 
 from __future__ import annotations
 
+import gzip
 import pickle
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 import torchvision.datasets
 from lightning.pytorch import Trainer
 
+from contrastive.datamodules.common import DataError
 from contrastive.datamodules.vision_sets import (
     SPECS,
     VisionSetDataModule,
@@ -177,7 +179,7 @@ def test_missing_data_says_how_to_get_it_and_downloads_nothing(tmp_path, monkeyp
     def no_download(*args, **kwargs):
         raise AssertionError("downloaded without download=True")
 
-    for cls in ("CIFAR10", "CIFAR100", "STL10"):
+    for cls in ("CIFAR10", "CIFAR100", "STL10", "FashionMNIST"):
         monkeypatch.setattr(torchvision.datasets, cls, no_download)
     data = VisionSetDataModule(name, tmp_path / "data")
     data.prepare_data()
@@ -218,3 +220,89 @@ def test_trains_on_fake_cifar10(tmp_path):
     )
     trainer.fit(model, data)
     assert trainer.global_step == 5 and torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+# ---- Fashion-MNIST: tiny IDX files in the real format, gzipped as Debian ships them or not ----
+
+
+def write_idx(path: Path, array: np.ndarray, gzipped: bool) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if gzipped else data)
+
+
+def write_fake_fashion_mnist(folder: Path, gzipped: bool, train: int = 12, test: int = 6) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n, stem in (("train", train, "train"), ("test", test, "t10k")):
+        images = rng.integers(1, 256, (n, 28, 28), dtype=np.uint8)
+        labels = np.arange(n, dtype=np.uint8) % 10
+        suffix = ".gz" if gzipped else ""
+        write_idx(folder / f"{stem}-images-idx3-ubyte{suffix}", images, gzipped)
+        write_idx(folder / f"{stem}-labels-idx1-ubyte{suffix}", labels, gzipped)
+        arrays[split] = (images, labels)
+    return arrays
+
+
+@pytest.mark.parametrize("gzipped", [True, False], ids=["gz", "raw"])
+def test_fashion_mnist_is_read_padded_to_32_in_three_grey_channels(tmp_path, gzipped):
+    arrays = write_fake_fashion_mnist(tmp_path, gzipped)
+    data = VisionSetDataModule("fashion_mnist", tmp_path, num_bank=8, batch_size=4, num_workers=0)
+    data.setup("fit")
+    item = data._datasets["test"][3]
+    image = item["image"]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
+    assert torch.equal(image[0], image[2])  # grey: three equal channels
+    assert torch.equal(image[0, 2:30, 2:30], torch.from_numpy(arrays["test"][0][3]))
+    assert image[:, :2].sum() == 0 and image[:, :, 30:].sum() == 0  # a black border
+    assert item["labels"] == {"class": 3}
+    assert len(data._datasets["train"]) == 12 and len(data._datasets["bank"]) == 8
+    assert data.class_names["class"][0] == "T-shirt/top" and data.num_classes == {"class": 10}
+
+
+def test_fashion_mnist_reads_torchvisions_layout_and_defaults_to_debians_folder(
+    tmp_path, monkeypatch
+):
+    write_fake_fashion_mnist(tmp_path / "FashionMNIST" / "raw", gzipped=False)
+    data = VisionSetDataModule("fashion_mnist", tmp_path, num_bank=8, batch_size=4, num_workers=0)
+    data.setup("fit")
+    assert len(data._datasets["test"]) == 6
+    import contrastive.datamodules.vision_sets as vision_sets
+
+    monkeypatch.setattr(vision_sets, "FASHION_MNIST_ROOT", tmp_path / "debian")
+    assert VisionSetDataModule("fashion_mnist").root == Path("data")  # not installed
+    (tmp_path / "debian").mkdir()
+    assert VisionSetDataModule("fashion_mnist").root == tmp_path / "debian"
+    assert VisionSetDataModule("cifar10").root == Path("data")
+
+
+def test_bad_fashion_mnist_files_are_one_line_naming_the_file(tmp_path):
+    arrays = write_fake_fashion_mnist(tmp_path, gzipped=False)
+    labels = tmp_path / "train-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-2])  # truncated
+    data = VisionSetDataModule("fashion_mnist", tmp_path, num_bank=8, batch_size=4)
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte: 10 bytes of data; its header"):
+        data.setup("fit")
+    labels.write_bytes(b"\x00\x00\x0d\x01" + bytes(12))  # float IDX, not unsigned bytes
+    with pytest.raises(DataError, match="not an unsigned-byte IDX file"):
+        data.setup("fit")
+    write_idx(labels, arrays["train"][1], gzipped=False)
+    (tmp_path / "t10k-images-idx3-ubyte").unlink()
+    with pytest.raises(
+        VisionSetMissingError,
+        match="lacks t10k-images-idx3-ubyte.*apt-get install dataset-fashion-mnist",
+    ):
+        data.setup("fit")
+
+
+def test_fashion_mnist_is_downloaded_through_torchvision_only_when_missing(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        torchvision.datasets, "FashionMNIST", lambda root, train, download: calls.append(root)
+    )
+    VisionSetDataModule("fashion_mnist", tmp_path, download=True).prepare_data()
+    assert calls == [str(tmp_path)]
+    write_fake_fashion_mnist(tmp_path, gzipped=True)
+    VisionSetDataModule("fashion_mnist", tmp_path, download=True).prepare_data()
+    assert calls == [str(tmp_path)]  # the files are there: nothing fetched

@@ -1,4 +1,5 @@
-"""The torchvision sets: CIFAR-10, CIFAR-100 and STL-10, as uint8 batches with class labels.
+"""The torchvision sets: CIFAR-10, CIFAR-100, STL-10 and Fashion-MNIST, as uint8 batches with
+class labels.
 
 torchvision downloads and checks them (``download=True``, in ``prepare_data`` only, so one
 process per machine fetches); this module then reads the files it left straight into numpy
@@ -14,7 +15,14 @@ name       folder under ``root``                labels                          
 cifar10    ``cifar-10-batches-py``              class (10)                        32
 cifar100   ``cifar-100-python``                 class (100), superclass (20)      32
 stl10      ``stl10_binary``                     class (10)                        96
+fashion_   the four IDX files (or ``.gz``), or  class (10)                        28, padded
+mnist      ``FashionMNIST/raw`` under them                                        to 32
 =========  ===================================  ================================  ==========
+
+Fashion-MNIST (Xiao et al. 2017) is read from its IDX files, gzipped or not; its default root is
+``/usr/share/datasets/fashion-mnist`` when Debian's ``dataset-fashion-mnist`` package has put
+them there. Its 28 px grey images are padded with 2 black pixels a side to 32 (the cosine of two
+images, and so the raw-pixel kNN, is unchanged) and given as 3 equal channels.
 
 The sets have a train and a test split. Validation and test return ``[bank, query]``: the
 bank is drawn from the training images, the query is the test split (as the kNN monitors of
@@ -35,6 +43,13 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
 from contrastive.datamodules.common import BankQueryDataModule, DataError, Tokenizer
+from contrastive.datamodules.fashion_mnist import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_FILES,
+    FASHION_MNIST_ROOT,
+    missing_fashion_mnist,
+    read_fashion_mnist,
+)
 from contrastive.datamodules.images import resize_center_crop
 
 try:  # numpy >= 2
@@ -87,6 +102,16 @@ SPECS: dict[str, _Spec] = {
         "2.6 GB",
     ),
 }
+
+
+SPECS["fashion_mnist"] = _Spec(
+    "Fashion-MNIST",
+    "",
+    tuple(f for pair in FASHION_MNIST_FILES.values() for f in pair),
+    "the IDX files of github.com/zalandoresearch/fashion-mnist (apt-get install "
+    "dataset-fashion-mnist puts them in /usr/share/datasets/fashion-mnist)",
+    "30 MB",
+)
 
 
 class Split(NamedTuple):
@@ -152,6 +177,8 @@ def read_split(name: str, root: str | Path, split: str) -> Split:
     Raises:
         VisionSetMissingError: If the set's files are not under ``root``.
     """
+    if name == "fashion_mnist":
+        return _fashion_mnist_split(Path(root).expanduser(), split)
     spec = SPECS[name]
     folder = Path(root).expanduser() / spec.folder
     missing = [f for f in spec.files if not (folder / f).is_file()]
@@ -176,6 +203,8 @@ def read_split(name: str, root: str | Path, split: str) -> Split:
 
 def read_class_names(name: str, root: str | Path) -> dict[str, tuple[str, ...]]:
     """The class names of each label attribute of set ``name``, from its own files."""
+    if name == "fashion_mnist":
+        return {"class": FASHION_MNIST_CLASSES}
     folder = Path(root).expanduser() / SPECS[name].folder
     if name == "cifar10":
         return {"class": tuple(_unpickle(folder / "batches.meta")["label_names"])}
@@ -189,6 +218,19 @@ def read_class_names(name: str, root: str | Path) -> dict[str, tuple[str, ...]]:
     return {"class": tuple(line.strip() for line in lines if line.strip())}
 
 
+def _fashion_mnist_split(root: Path, split: str) -> Split:
+    missing = missing_fashion_mnist(root, split)
+    if missing:
+        spec = SPECS["fashion_mnist"]
+        raise VisionSetMissingError(
+            f"{spec.title} not found: {root} lacks {', '.join(missing)} (or .gz); pass "
+            f"--data.download true to fetch it ({spec.download_size}) or put {spec.source} in "
+            f"{root}"
+        )
+    images, labels = read_fashion_mnist(root, split)
+    return Split(images, {"class": labels})
+
+
 class ArrayDataset(Dataset):
     """Images held in a uint8 array (in memory or memory-mapped), with optional labels.
 
@@ -196,7 +238,8 @@ class ArrayDataset(Dataset):
     ``"labels"`` without labels).
 
     Args:
-        images: ``(N, 3, H, W)`` uint8 (any strides).
+        images: ``(N, 3, H, W)`` uint8 (any strides), or ``(N, 1, H, W)`` grey, given as 3 equal
+            channels.
         labels: ``{attribute: (N,)}`` or ``None``.
         indices: Which rows of ``images`` make the dataset (all when ``None``).
         image_size: Output size (centre square, antialiased resize); ``None`` keeps ``H x W``.
@@ -222,7 +265,9 @@ class ArrayDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         row = int(self.indices[index])
-        image = torch.from_numpy(np.array(self.images[row]))  # (3, H, W), a writable copy
+        image = torch.from_numpy(np.array(self.images[row]))  # (C, H, W), a writable copy
+        if image.shape[0] == 1:  # grey (Fashion-MNIST): the 3 channels every method expects
+            image = image.expand(3, -1, -1).contiguous()
         if self.image_size is not None and image.shape[-2:] != (self.image_size,) * 2:
             image = resize_center_crop(image, self.image_size)
         item = {"image": image, "index": self.index_offset + int(index)}
@@ -232,13 +277,16 @@ class ArrayDataset(Dataset):
 
 
 class VisionSetDataModule(BankQueryDataModule):
-    """CIFAR-10 (Krizhevsky 2009), CIFAR-100 (same report) or STL-10 (Coates et al. 2011).
+    """CIFAR-10 (Krizhevsky 2009), CIFAR-100 (same report), STL-10 (Coates et al. 2011) or
+    Fashion-MNIST (Xiao et al. 2017, arXiv:1708.07747), with its official 60k/10k split.
 
     See the module docstring for the folders, labels and evaluation loaders.
 
     Args:
-        name: ``"cifar10"``, ``"cifar100"`` or ``"stl10"``.
-        root: The folder holding the set's folder (torchvision's layout).
+        name: ``"cifar10"``, ``"cifar100"``, ``"stl10"`` or ``"fashion_mnist"``.
+        root: The folder holding the set's folder (torchvision's layout); for Fashion-MNIST the
+            folder of its IDX files. ``None``: ``data``, or for Fashion-MNIST Debian's
+            ``/usr/share/datasets/fashion-mnist`` when it exists.
         download: Fetch the set into ``root`` in ``prepare_data`` if it is not there. Off by
             default: without the files, ``setup`` fails with a line saying how to get them.
         image_size: Output height and width; ``None`` for the native size (32 or 96).
@@ -257,7 +305,7 @@ class VisionSetDataModule(BankQueryDataModule):
     def __init__(
         self,
         name: str = "cifar10",
-        root: str | Path = "data",
+        root: str | Path | None = None,
         download: bool = False,
         image_size: int | None = None,
         unlabeled: bool = False,
@@ -290,6 +338,9 @@ class VisionSetDataModule(BankQueryDataModule):
             raise ValueError(f"seed must be >= 0 (a numpy seed), got {seed}")
         self.save_hyperparameters()
         self.name = name
+        if root is None:
+            debian = name == "fashion_mnist" and FASHION_MNIST_ROOT.is_dir()
+            root = FASHION_MNIST_ROOT if debian else "data"
         self.root = Path(root).expanduser()
         self.download = download
         self.image_size = image_size
@@ -321,7 +372,10 @@ class VisionSetDataModule(BankQueryDataModule):
         import torchvision.datasets as sets  # only when downloading
 
         root = str(self.root)
-        if self.name == "stl10":
+        if self.name == "fashion_mnist":
+            if missing_fashion_mnist(self.root, "train") + missing_fashion_mnist(self.root, "test"):
+                sets.FashionMNIST(root, train=True, download=True)  # both splits' files
+        elif self.name == "stl10":
             sets.STL10(root, split="train+unlabeled", download=True)
         else:
             cls = sets.CIFAR10 if self.name == "cifar10" else sets.CIFAR100
