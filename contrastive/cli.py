@@ -267,6 +267,11 @@ def main(args: ArgsType = None) -> None:
 
         export_main(argv[1:])
         return
+    if argv and argv[0] == "probe":
+        from contrastive.evaluation.probe import main as probe_main  # the linear probe command
+
+        probe_main(argv[1:])
+        return
     if argv and argv[0] == "data":
         # Data tools: `contrastive data <tool> ...`, each a module with main(argv) -> int.
         import importlib
