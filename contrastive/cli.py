@@ -132,6 +132,12 @@ class ContrastiveCLI(LightningCLI):
                 "checkpoint.every_n_train_steps": 200,
                 "checkpoint.save_last": True,
                 "checkpoint.save_top_k": -1,
+                # Evaluation is callbacks (contrastive/evaluation/): a run whose config names
+                # none gets the embedding report and predict's writer.
+                "trainer.callbacks": [
+                    {"class_path": "contrastive.evaluation.EmbeddingReport"},
+                    {"class_path": "contrastive.evaluation.EmbeddingWriter"},
+                ],
             }
         )
 

@@ -183,10 +183,9 @@ def check_embed_is_backbone(method: LightningModule, preprocessing: Preprocessin
     dtype = weight.dtype if weight is not None else torch.float32
     images = _probe(preprocessing).to(method.device)  # (2, C, S, S) uint8
     views = method.augment.normalize(images).to(dtype)
-    low_precision = torch.autocast(method.device.type, dtype, enabled=dtype != torch.float32)
     try:
-        with low_precision:  # embed normalises in float32; weights may be bf16
-            represented = method.embed(images)
+        with torch.autocast(method.device.type, dtype, enabled=dtype != torch.float32):
+            represented = method.embed(images)  # it normalises in float32: weights may be bf16
         features = method.backbone(views)
     except Exception as err:
         raise ExportError(

@@ -140,3 +140,36 @@ def test_a_collapsed_embedding_is_flagged_and_a_healthy_one_is_not(
     warned = [w for w in recwarn if "embedding collapse" in str(w.message)]
     assert bool(warned) == collapsed
     assert (trainer.callback_metrics["val/centred_rankme"] < 2) == collapsed
+
+
+def test_a_run_whose_config_names_no_callbacks_gets_the_report(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from contrastive.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    tiny = [
+        "--data.num_train=32",
+        "--data.num_test=16",
+        "--data.num_bank=32",
+        "--data.batch_size=16",
+    ]
+    main(
+        [
+            "fit",
+            "--model=SimCLR",
+            *tiny,
+            "--model.backbone_kwargs={width: 4}",
+            "--trainer.max_steps=1",
+        ]
+    )
+    saved = yaml.safe_load(Path("runs/contrastive/version_0/config.yaml").read_text())
+    names = [c["class_path"] for c in saved["trainer"]["callbacks"]]
+    assert names == [
+        "contrastive.evaluation.EmbeddingReport",
+        "contrastive.evaluation.EmbeddingWriter",
+    ]
+    main(
+        ["test", "--model=SimCLR", *tiny, "--model.backbone_kwargs={width: 4}", "--ckpt_path=last"]
+    )
+    assert "What the embedding knows" in capsys.readouterr().out

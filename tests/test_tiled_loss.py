@@ -230,16 +230,16 @@ def test_simclr_tiled_gives_the_same_loss_and_gradients():
 
 def test_methods_tile_automatically_above_a_global_batch(monkeypatch):
     from contrastive.losses import clip as clip_losses
-    from contrastive.methods import base, simclr
+    from contrastive.methods import global_batch, simclr
 
     calls = []
-    tiled = base.info_nce_tiled
+    tiled = global_batch.info_nce_tiled
 
     def spy(*args, **kwargs):
         calls.append(len(args[1]))
         return tiled(*args, **kwargs)
 
-    monkeypatch.setattr(base, "info_nce_tiled", spy)
+    monkeypatch.setattr(global_batch, "info_nce_tiled", spy)
     monkeypatch.setattr(clip_losses, "info_nce_tiled", spy)  # clip_loss's
     torch.manual_seed(0)
     views = [torch.rand(6, 3, 32, 32) for _ in range(2)]

@@ -40,7 +40,7 @@ import lightning
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from contrastive.datamodules.common import Collate, DataError, Skipped, Tokenizer
+from contrastive.datamodules.common import Collate, DataError, EvaluationData, Skipped, Tokenizer
 from contrastive.datamodules.images import read_image, resize_center_crop
 
 
@@ -292,6 +292,11 @@ class GeneCISDataModule(lightning.LightningDataModule):
         self._dataset = GeneCISDataset(
             records, Path(self.images).expanduser(), self.image_size, largest
         )
+
+    def evaluation_data(self) -> EvaluationData:
+        """One test loader of records, no labels and no bank (the GeneCIS scorer ranks each
+        record's own gallery)."""
+        return EvaluationData(has_bank=False)
 
     def test_dataloader(self) -> DataLoader:
         """The task's records, in file order."""
