@@ -21,7 +21,8 @@ from torch import nn
 
 from contrastive.augment import Augment
 from contrastive.backbones import create_backbone
-from contrastive.datamodules.shapes import ATTRIBUTES, ShapesDataset
+from contrastive.datamodules.shape_render import ATTRIBUTES
+from contrastive.datamodules.shapes import ShapesDataset
 from contrastive.evaluation.knn import knn_accuracy
 from contrastive.evaluation.linear_probe import linear_probe_accuracy
 

@@ -1,13 +1,14 @@
 import pytest
 import torch
 
+from contrastive.datamodules.shape_render import ATTRIBUTES, CLASS_NAMES, render
 from contrastive.datamodules.shape_triplets import (
     PHRASINGS,
     ShapesTripletDataModule,
     ShapesTripletDataset,
     check_phrasings,
 )
-from contrastive.datamodules.shapes import ATTRIBUTES, CLASS_NAMES, ShapesDataset, render
+from contrastive.datamodules.shapes import ShapesDataset
 
 
 def test_positives_share_only_the_named_attribute_and_negatives_all_but_it():

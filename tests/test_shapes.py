@@ -8,14 +8,8 @@ import pytest
 import torch
 
 from contrastive.datamodules import ShapesDataModule, ShapesDataset
-from contrastive.datamodules.shapes import (
-    ATTRIBUTES,
-    CLASS_NAMES,
-    Factor,
-    caption,
-    render,
-    view_rng,
-)
+from contrastive.datamodules.shape_render import ATTRIBUTES, CLASS_NAMES, Factor, caption, render
+from contrastive.datamodules.shapes import view_rng
 
 # The object palette, to find the object's pixels (backgrounds never come close to it).
 OBJECT_RGB = {

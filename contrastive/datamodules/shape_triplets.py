@@ -18,15 +18,14 @@ import numpy as np
 import torch
 
 from contrastive.datamodules.common import EvaluationData
-from contrastive.datamodules.shapes import (
+from contrastive.datamodules.shape_render import (
     ATTRIBUTES,
     CLASS_NAMES,
     Factor,
-    ShapesDataModule,
-    ShapesDataset,
-    _fine_values,
+    fine_values,
     render,
 )
+from contrastive.datamodules.shapes import ShapesDataModule, ShapesDataset
 
 # Per attribute: phrasings used in training ("seen") and kept for the benchmark ("held-out").
 # ``{value}`` stands for the anchor's class name ("red", "star", "top left").
@@ -81,7 +80,7 @@ def pair_factors(
         label = factors[attr].label
         if attr not in keep:
             label = (label + int(rng.integers(1, n))) % n
-        out[attr] = Factor(label, _fine_values(attr, label, rng.random(len(factors[attr].fine))))
+        out[attr] = Factor(label, fine_values(attr, label, rng.random(len(factors[attr].fine))))
     return out
 
 
