@@ -5,7 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -224,3 +228,54 @@ class NGAServer:
         self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# The tool in a child process, for the tests that interrupt it.
+
+
+class Spawned:
+    """The tool in a child process (as a user runs it), its stderr read line by line."""
+
+    def __init__(self, server: NGAServer, root: Path) -> None:
+        env = {**os.environ, "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"}
+        args = [sys.executable, "-m", "contrastive.tools.nga", *server.args(root), "--workers=2"]
+        self.proc = subprocess.Popen(
+            args,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            # A shell's background jobs start with SIGINT ignored, and Python then installs
+            # no KeyboardInterrupt handler: restore the default, as a terminal would have it.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        self.err: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.err.append(line)
+
+    def finish(self, timeout: float = 20.0) -> tuple[int, str, str]:
+        self.proc.wait(timeout=timeout)
+        self.reader.join(timeout)
+        return self.proc.returncode, self.proc.stdout.read(), "".join(self.err)
+
+
+def wait_for(condition, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def stalled_collection(server: NGAServer) -> list[int]:
+    ids = list(range(201, 209))
+    server.publish([{"objectid": i, "kind": "stall-once" if i == 203 else "ok"} for i in ids])
+    return ids
+
+
+def partial_files(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name.endswith(".part")]

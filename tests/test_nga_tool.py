@@ -7,15 +7,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from nga_server import NGAServer, uuid_of
+from nga_server import NGAServer, Spawned, partial_files, stalled_collection, uuid_of, wait_for
 
 from contrastive.cli import main as cli_main
 from contrastive.tools import nga, nga_catalog
@@ -274,64 +270,16 @@ def test_the_contrastive_data_command_dispatches_to_the_tool(server, tmp_path, c
     assert "unknown data tool 'nope'" in capsys.readouterr().err
 
 
-class _Spawned:
-    """The tool in a child process (as a user runs it), its stderr read line by line."""
-
-    def __init__(self, server: NGAServer, root: Path) -> None:
-        env = {**os.environ, "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"}
-        args = [sys.executable, "-m", "contrastive.tools.nga", *server.args(root), "--workers=2"]
-        self.proc = subprocess.Popen(
-            args,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            # A shell's background jobs start with SIGINT ignored, and Python then installs
-            # no KeyboardInterrupt handler: restore the default, as a terminal would have it.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        self.err: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.err.append(line)
-
-    def finish(self, timeout: float = 20.0) -> tuple[int, str, str]:
-        self.proc.wait(timeout=timeout)
-        self.reader.join(timeout)
-        return self.proc.returncode, self.proc.stdout.read(), "".join(self.err)
-
-
-def _wait_for(condition, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def _stalled_collection(server: NGAServer) -> list[int]:
-    ids = list(range(201, 209))
-    server.publish([{"objectid": i, "kind": "stall-once" if i == 203 else "ok"} for i in ids])
-    return ids
-
-
-def _partial_files(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if p.name.endswith(".part")]
-
-
 def test_ctrl_c_stops_cleanly_and_a_second_run_resumes(server, tmp_path, capsys):
-    ids = _stalled_collection(server)
+    ids = stalled_collection(server)
     root = tmp_path / "nga"
-    child = _Spawned(server, root)
+    child = Spawned(server, root)
     try:
         # Every other image is on disk, 203 is half-way through its body.
-        _wait_for(server.stalled.is_set, "the stalled download")
-        _wait_for(lambda: len(list(root.glob("images/*.jpg"))) == len(ids) - 1, "the others")
+        wait_for(server.stalled.is_set, "the stalled download")
+        wait_for(lambda: len(list(root.glob("images/*.jpg"))) == len(ids) - 1, "the others")
         child.proc.send_signal(signal.SIGINT)
-        _wait_for(lambda: any("interrupted" in line for line in child.err), "the interrupt")
+        wait_for(lambda: any("interrupted" in line for line in child.err), "the interrupt")
         server.release.set()  # the connection closes; the worker sees the stop
         code, out, err = child.finish()
     finally:
@@ -350,18 +298,18 @@ def test_ctrl_c_stops_cleanly_and_a_second_run_resumes(server, tmp_path, capsys)
 
 
 def test_a_killed_run_leaves_no_partial_image_and_the_next_run_cleans_up(server, tmp_path):
-    ids = _stalled_collection(server)
+    ids = stalled_collection(server)
     root = tmp_path / "nga"
-    child = _Spawned(server, root)
+    child = Spawned(server, root)
     try:
-        _wait_for(server.stalled.is_set, "the stalled download")
-        _wait_for(lambda: _partial_files(root / "images"), "the temporary file of 203")
+        wait_for(server.stalled.is_set, "the stalled download")
+        wait_for(lambda: partial_files(root / "images"), "the temporary file of 203")
         child.proc.kill()  # SIGKILL: no chance to clean up
         child.finish()
     finally:
         child.proc.kill()
     server.release.set()
-    left = {p.name.split(".")[1] for p in _partial_files(root / "images")}
+    left = {p.name.split(".")[1] for p in partial_files(root / "images")}
     assert "203" in left  # the half image is a temporary file, and never got its name
     assert not any((root / f"images/{oid}.jpg").exists() for oid in left)
 
