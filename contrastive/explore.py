@@ -177,7 +177,9 @@ def run_similar(args: argparse.Namespace) -> list[dict]:
     if args.query is None:
         use_faiss = args.search == "faiss" or (args.search == "auto" and faiss_available())
         if args.search == "faiss" and not faiss_available():
-            raise ExploreError("--search faiss: faiss is not installed (pip install faiss-cpu)")
+            raise ExploreError(
+                "--search faiss: faiss is not installed (pip install 'contrastive[faiss]')"
+            )
         # Identical images (cosine 1 from the same pixels) are reported apart; the ranking
         # sees one of each, so repeated or degenerate files do not fill the picture.
         duplicates = emb.duplicates()
