@@ -7,7 +7,7 @@ its hyper-parameters, and imports only:
 
 - classes of ``contrastive`` and of the libraries it is built on (:data:`LIBRARIES`: the
   optimizer and augmentations a config names), and modules the user names on the command line
-  (``--trust-module my_pkg``), checked in the hyper-parameters before anything is imported;
+  (``--trust_module my_pkg``), checked in the hyper-parameters before anything is imported;
 - while it instantiates them, no module from outside the Python installation (the working
   folder, a data folder) unless trusted, whatever string leads to the import
   (:class:`ImportGuard`).
@@ -15,8 +15,8 @@ its hyper-parameters, and imports only:
 The loading points: ``fit|validate|test|predict --ckpt_path`` (its hyper-parameters in
 ``ContrastiveCLI._parse_ckpt_path``, its state through
 :class:`~contrastive.checkpoint_io.AtomicCheckpointIO`), ``embed``, ``similar`` and
-``similar --compare-ckpt``, ``data triplets --ckpt``, ``export --ckpt`` and
-``--wise-ft-base``, ``backbone_kwargs.checkpoint`` and ``Conditional(towers=...)`` (through
+``similar --compare_ckpt``, ``data triplets --ckpt``, ``export --ckpt`` and
+``--wise_ft_base``, ``backbone_kwargs.checkpoint`` and ``Conditional(towers=...)`` (through
 :func:`contrastive.backbones.load_weights`).
 """
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 #: optimizers (``torch.optim.AdamW``, ``timm.optim.Lars``) and augmentations (``kornia``).
 LIBRARIES = ("contrastive", "torch", "timm", "kornia")
 
-TRUST_FLAG = "--trust-module"
+TRUST_FLAG = "--trust_module"
 
 
 class CheckpointError(ValueError):
@@ -221,7 +221,7 @@ def load_method(
         path: a Lightning checkpoint written by ``contrastive fit``.
         device: where the model goes.
         trusted: modules besides ``contrastive`` whose classes the checkpoint may name (the
-            user's ``--trust-module``).
+            user's ``--trust_module``).
         what: how messages name the file.
 
     Returns:
@@ -259,7 +259,7 @@ def load_method(
 
 
 def add_trust_argument(parser, what: str = "--ckpt") -> None:
-    """``--trust-module MODULE`` (repeatable, into ``args.trust``) on an argparse parser."""
+    """``--trust_module MODULE`` (repeatable, into ``args.trust``) on an argparse parser."""
     parser.add_argument(
         TRUST_FLAG,
         dest="trust",
@@ -273,7 +273,7 @@ def add_trust_argument(parser, what: str = "--ckpt") -> None:
 
 def allow_working_folder(modules: Sequence[str]) -> None:
     """Put the working folder first on the import path if one of ``modules`` (names the user
-    typed: ``--model my_pkg.X``, ``--trust-module my_pkg``) is found there and nowhere else.
+    typed: ``--model my_pkg.X``, ``--trust_module my_pkg``) is found there and nowhere else.
 
     Otherwise the folder stays off the path, so no file in it is imported by accident.
     """

@@ -7,10 +7,14 @@ class being configured, and the root cause (an unknown option, a wrong type, a m
 a value a class refused), and says it in one line with close matches where they help. An error
 of the project's own that is already one line (a :class:`~contrastive.datamodules.common.DataError`,
 a checkpoint error, ...) anywhere in the chain is used as it is.
+
+The tools outside LightningCLI (``embed``, ``similar``, ``export``, ``data ...``) parse with
+:class:`ToolParser`: the same one-line errors, and options spelled as LightningCLI's.
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib
 import inspect
@@ -35,6 +39,33 @@ _KINDS = {
     "model": ("contrastive.methods", "method"),
     "data": ("contrastive.datamodules", "data module"),
 }
+
+
+class ToolParser(argparse.ArgumentParser):
+    """The tools' argument parser: options in LightningCLI's spelling, mistakes in one line.
+
+    Lightning fixes the spelling of its options (``--ckpt_path``, ``--trainer.max_epochs``),
+    so every option of every subcommand is written with underscores (``--batch_size``,
+    ``--trust_module``), which ``--help`` shows; the hyphenated spelling (``--batch-size``) is
+    read as the same option. A mistake prints ``error: PROG: ...`` and exits with status 2.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([underscored(a) for a in args], namespace)
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def underscored(arg: str) -> str:
+    """``--batch-size=8`` -> ``--batch_size=8``: an option's name in LightningCLI's spelling;
+    its value, and anything that is not a ``--`` option, unchanged."""
+    if not arg.startswith("--"):
+        return arg
+    name, equals, value = arg.partition("=")
+    return "--" + name[2:].replace("-", "_") + equals + value
 
 
 def chain(error: BaseException) -> list[BaseException]:

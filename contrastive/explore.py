@@ -6,11 +6,11 @@
 (or the nearest neighbours of ``--query IMG``) as a labelled PNG grid and prints them as a
 table; images identical as embedded (cosine 1 from the same pixels) are reported apart, as
 groups, and not ranked. Files are read as the checkpoint's data module read them in training
-(its size, centre crop or letterbox, pixel limit; ``--image-size``, ``--resize`` and
-``--max-pixels`` override). The images and their embedding are in :mod:`contrastive.collection`,
+(its size, centre crop or letterbox, pixel limit; ``--image_size``, ``--resize`` and
+``--max_pixels`` override). The images and their embedding are in :mod:`contrastive.collection`,
 the pair search and the grid in :mod:`contrastive.pairs`. Checkpoints load through
 :func:`contrastive.checkpoints.load_method`: a class outside ``contrastive`` needs
-``--trust-module``. The output location is checked before any work, and nothing is
+``--trust_module``. The output location is checked before any work, and nothing is
 overwritten without ``--overwrite``.
 """
 
@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from contrastive.checkpoints import CheckpointError, add_trust_argument, load_method
+from contrastive.cli_errors import ToolParser
 from contrastive.collection import (
     DEFAULT_IMAGE_SIZE,
     ExploreError,
@@ -54,21 +55,21 @@ from contrastive.pairs import (
 def load_compare_model(
     spec: str, pretrained: str | None, device: torch.device, trusted: list[str] = ()
 ):
-    """The ``--compare-ckpt`` model: a checkpoint, or a backbone from the registry
-    (``open_clip:ViT-B-32`` with ``--compare-pretrained laion2b_s34b_b79k``, ``timm:NAME``).
+    """The ``--compare_ckpt`` model: a checkpoint, or a backbone from the registry
+    (``open_clip:ViT-B-32`` with ``--compare_pretrained laion2b_s34b_b79k``, ``timm:NAME``).
 
     Returns:
         ``(model with .embed, how it reads images)``.
     """
     if Path(spec).expanduser().is_file() or spec.endswith(".ckpt"):
-        return load_method(spec, device, trusted, what="--compare-ckpt")
+        return load_method(spec, device, trusted, what="--compare_ckpt")
     from contrastive.backbones import BackboneWeightsError, UnknownBackboneError, create_backbone
 
     weights: bool | str = {None: False, "true": True}.get(pretrained, pretrained)
     try:
         model = Encoder(create_backbone(spec, pretrained=weights))
     except (UnknownBackboneError, BackboneWeightsError) as err:
-        raise ExploreError(f"--compare-ckpt {spec}: {err}") from None
+        raise ExploreError(f"--compare_ckpt {spec}: {err}") from None
     return model.eval().to(device), Reading(model.image_size)
 
 
@@ -104,7 +105,7 @@ class _Loaded(NamedTuple):
 
 
 def _load(args, ckpt: str, device: torch.device, compare: bool = False) -> _Loaded:
-    """The model of ``--ckpt`` (or ``--compare-ckpt``) and how it reads images: as its training
+    """The model of ``--ckpt`` (or ``--compare_ckpt``) and how it reads images: as its training
     data did, but for what the command line sets."""
     if compare:
         model, trained = load_compare_model(ckpt, args.compare_pretrained, device, args.trust)
@@ -226,7 +227,7 @@ def run_similar(args: argparse.Namespace) -> list[dict]:
             zb = other[other_rows[row["b"]]] if row["b"] in other_rows else None
             row["compare_similarity"] = None if zb is None else float(za @ zb)
             value = "n/a" if zb is None else f"{row['compare_similarity']:+.4f}"
-            lines.append(f"cos {value}  --compare-ckpt {shorten(args.compare_ckpt, 28)}")
+            lines.append(f"cos {value}  --compare_ckpt {shorten(args.compare_ckpt, 28)}")
         row["lines"] = lines
         rows.append(row)
 
@@ -275,15 +276,9 @@ def _print_table(rows: list[dict], compare: bool) -> None:
 # ---- argument parsing ---------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2, like the rest of the CLI
-        print(f"error: {self.prog}: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="contrastive", description="Inspect a trained embedding.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = ToolParser(prog="contrastive", description="Inspect a trained embedding.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ToolParser)
     embed = commands.add_parser("embed", help="write the embeddings of a set of images")
     similar = commands.add_parser("similar", help="draw the most similar pairs of images")
     for sub in (embed, similar):
@@ -296,11 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
             "shapes:N",
         )
         sub.add_argument("--out", required=True)
-        sub.add_argument("--batch-size", type=int, default=256)
-        sub.add_argument("--num-workers", type=int, default=0)
+        sub.add_argument("--batch_size", type=int, default=256)
+        sub.add_argument("--num_workers", type=int, default=0)
         sub.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
         sub.add_argument(
-            "--image-size", type=int, default=None, help="default: the training size, else 224"
+            "--image_size", type=int, default=None, help="default: the training size, else 224"
         )
         sub.add_argument(
             "--resize",
@@ -310,29 +305,29 @@ def build_parser() -> argparse.ArgumentParser:
             "the checkpoint's data module, else crop)",
         )
         sub.add_argument(
-            "--max-pixels",
+            "--max_pixels",
             type=int,
             default=None,
             help="larger images are skipped as possible decompression bombs (default: the "
             "checkpoint's data module's limit, else 89478485)",
         )
         sub.add_argument("--overwrite", action="store_true")
-        sub.add_argument("--no-progress", action="store_true")
+        sub.add_argument("--no_progress", action="store_true")
     similar.add_argument("--top", type=int, default=16)
     similar.add_argument("--query", default=None, help="an image: its neighbours, not pairs")
     similar.add_argument(
-        "--compare-ckpt",
+        "--compare_ckpt",
         default=None,
         help="a second model's similarities: a checkpoint, or a backbone from the registry "
-        "such as open_clip:ViT-B-32 (with --compare-pretrained) or timm:NAME",
+        "such as open_clip:ViT-B-32 (with --compare_pretrained) or timm:NAME",
     )
     similar.add_argument(
-        "--compare-pretrained",
+        "--compare_pretrained",
         default=None,
-        help="weights of a registry --compare-ckpt: an open_clip tag (laion2b_s34b_b79k), a "
+        help="weights of a registry --compare_ckpt: an open_clip tag (laion2b_s34b_b79k), a "
         "local file, or true for the default",
     )
-    similar.add_argument("--chunk-size", type=int, default=4096, help="rows scored at once")
+    similar.add_argument("--chunk_size", type=int, default=4096, help="rows scored at once")
     similar.add_argument(
         "--search",
         choices=["auto", "torch", "faiss"],

@@ -53,7 +53,7 @@ def test_the_readme_example_trains_through_the_cli_and_embeds(recwarn):
     assert not [w for w in recwarn if "views of each training image" in str(w.message)]
     checkpoint = next(Path("runs").glob("*/version_0/checkpoints/last.ckpt"))
     embed = ["embed", "--ckpt", str(checkpoint), "--images", "shapes:4", "--out", "emb.npy"]
-    main([*embed, "--trust-module", "my_methods"])  # the user's module: trusted by name
+    main([*embed, "--trust_module", "my_methods"])  # the user's module: trusted by name
     assert np.load("emb.npy").shape[0] == 4
 
 
