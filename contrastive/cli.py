@@ -13,13 +13,15 @@ Without ``--trainer.precision`` a run takes the fastest precision for its hardwa
 :mod:`contrastive.explore`). ``contrastive data <tool> ...`` runs a data tool from
 :mod:`contrastive.tools` (``contrastive data nga --root DIR`` downloads National Gallery of Art
 images, ``contrastive data triplets ...`` writes a triplet manifest); each tool is a module
-with ``main(argv) -> int``, listed in ``main``'s ``data_tools``.
+with ``main(argv) -> int``, listed in :data:`DATA_TOOLS`. ``contrastive --help`` lists every
+subcommand (:data:`SUBCOMMANDS`); every option is spelled with underscores, as Lightning's.
 ``contrastive export --ckpt RUN.ckpt --out DIR`` writes a trained encoder
 (:mod:`contrastive.export`), as every ``fit`` does into its run folder at the end.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 from argparse import ArgumentError
@@ -53,9 +55,8 @@ from contrastive.cli_errors import one_line
 from contrastive.datamodules.common import DataError
 from contrastive.export import ExportEncoder
 from contrastive.methods import ContrastiveMethod, NonFiniteError
+from contrastive.runs import NoRunError, latest_run
 
-# Subcommands outside LightningCLI, for looking at a trained embedding (contrastive/explore.py).
-INSPECT_COMMANDS = ("embed", "similar")
 # Lightning's own names for --ckpt_path, resolved by the Trainer (``last`` is resolved here).
 SPECIAL_CKPT_PATHS = ("best", "hpc", "registry")
 
@@ -65,7 +66,14 @@ class RunError(ValueError):
 
 
 #: Errors whose message is already the one line the user sees (exit status 2).
-ONE_LINE_ERRORS = (RunError, UnknownBackboneError, BackboneWeightsError, DataError, CheckpointError)
+ONE_LINE_ERRORS = (
+    RunError,
+    UnknownBackboneError,
+    BackboneWeightsError,
+    DataError,
+    CheckpointError,
+    NoRunError,
+)
 
 
 @rank_zero_only
@@ -172,7 +180,7 @@ class ContrastiveCLI(LightningCLI):
             check_backbone_name(backbone)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last":
-            config.ckpt_path = str(_resume_latest_run(config.trainer, self.subcommand))
+            config.ckpt_path = str(_resume_latest_run(config, self.subcommand))
         elif ckpt_path not in (None, *SPECIAL_CKPT_PATHS) and "://" not in str(ckpt_path):
             if not Path(ckpt_path).expanduser().is_file():
                 raise RunError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
@@ -213,23 +221,19 @@ def fastest_precision(accelerator: object) -> str:
     return "32-true"
 
 
-def _resume_latest_run(trainer_config, subcommand: str | None) -> Path:
-    """Point the logger at the latest run with a checkpoint and return what to load from it:
-    its ``last.ckpt`` if that loads, else its newest step checkpoint that does."""
-    logger = trainer_config.get("logger")
-    init = getattr(logger, "init_args", None)
-    if init is None or init.get("save_dir") is None:
-        raise RunError("--ckpt_path last needs a logger with a save_dir to find earlier runs")
-    root = Path(init.save_dir) / (init.get("name") or "")
-    versions = [p for p in root.glob("version_*") if any((p / "checkpoints").glob("*.ckpt"))]
-    if not versions:
-        raise RunError(f"--ckpt_path last: no earlier run with checkpoints under {root}")
-    latest = max(versions, key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
-    path, step, note = resume_checkpoint(latest / "checkpoints")
+def _resume_latest_run(config, subcommand: str | None) -> Path:
+    """Point the logger at the latest run with a checkpoint (:func:`contrastive.runs.latest_run`,
+    any logger's layout) and return what to load from it: its ``last.ckpt`` if that loads,
+    else its newest step checkpoint that does."""
+    run = latest_run(config.trainer, config.get("checkpoint.dirpath"))
+    path, step, note = resume_checkpoint(run.checkpoints)
     if note:
         say(f"warning: --ckpt_path last: {note}")
     say(f"{'resuming' if subcommand == 'fit' else 'loading'} {path} (step {step})")
-    init.version = latest.name
+    if run.logger_key is not None:  # log into the same run
+        logger = config.trainer.logger
+        logger = logger[0] if isinstance(logger, list) else logger
+        logger.init_args[run.logger_key] = run.logger_value
     return path
 
 
@@ -256,6 +260,92 @@ def _fail(message: str, status: int) -> None:
     raise SystemExit(status)
 
 
+def run_lightning(args: list[str]) -> ContrastiveCLI:
+    """``contrastive fit|validate|test|predict ARGS``, raising what :func:`main` reports.
+
+    The one way a run starts, from the command line and from :func:`contrastive.fit`.
+
+    Raises:
+        RunError: and the other :data:`ONE_LINE_ERRORS`: a typed mistake, in one line.
+        NonFiniteError: the loss or the weights stopped being finite.
+    """
+    # Like `python -m`, --model my_pkg.MyMethod finds my_pkg in the working folder; the folder
+    # goes on the import path only for such a class the user typed.
+    allow_working_folder(typed_class_paths(args))
+    return ContrastiveCLI(args=start_from_defaults(args))  # --data CLASS: that class's defaults
+
+
+def _run_explore(argv: list[str]) -> None:
+    from contrastive.explore import main as explore_main  # PIL and drawing: only when asked
+
+    explore_main(argv)
+
+
+def _run_export(argv: list[str]) -> None:
+    from contrastive.export import main as export_main
+
+    export_main(argv[1:])
+
+
+def _run_probe(argv: list[str]) -> None:
+    from contrastive.evaluation.probe import main as probe_main  # the linear probe command
+
+    probe_main(argv[1:])
+
+
+#: ``contrastive data <tool>``: each a module with ``main(argv) -> int``.
+DATA_TOOLS = {"nga": "contrastive.tools.nga", "triplets": "contrastive.tools.triplets"}
+
+
+def _run_data(argv: list[str]) -> None:
+    import importlib
+
+    tool = argv[1] if len(argv) > 1 else None
+    if tool not in DATA_TOOLS:
+        usage = f"usage: contrastive data {{{','.join(DATA_TOOLS)}}} [-h] ..."
+        if tool in ("-h", "--help"):
+            print(usage)
+            raise SystemExit(0)
+        problem = "name a data tool" if tool is None else f"unknown data tool {tool!r}"
+        print(f"{usage}\nerror: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    status = importlib.import_module(DATA_TOOLS[tool]).main(list(argv[2:]))
+    if status:
+        raise SystemExit(status)
+
+
+#: Every subcommand, as ``contrastive --help`` lists it: LightningCLI's (``None``: run by
+#: :func:`run_lightning`) and the tools, each run with the whole command line.
+SUBCOMMANDS = {
+    "fit": ("train a method: --config X.yaml, --model, --data, --trainer.*", None),
+    "validate": ("the validation metrics of a checkpoint (--ckpt_path)", None),
+    "test": ("the trained-vs-random-init table of a checkpoint (--ckpt_path)", None),
+    "predict": ("the embeddings of the test split (--ckpt_path)", None),
+    "embed": ("write the embeddings of a set of images", _run_explore),
+    "similar": ("draw the most similar pairs of images, or an image's neighbours", _run_explore),
+    "export": ("write a trained encoder to a folder (safetensors or ONNX)", _run_export),
+    "probe": ("the kNN and linear-probe report of a checkpoint on any data", _run_probe),
+    "data": (f"data tools: {', '.join(DATA_TOOLS)} (contrastive data TOOL --help)", _run_data),
+}
+
+
+def usage() -> str:
+    """What ``contrastive --help`` prints: every subcommand and the flag style."""
+    width = max(map(len, SUBCOMMANDS))
+    lines = [
+        f"usage: contrastive {{{','.join(SUBCOMMANDS)}}} ...",
+        "",
+        "Contrastive and self-supervised representation learning on PyTorch Lightning.",
+        "",
+        "subcommands (contrastive SUBCOMMAND --help lists its options):",
+        *(f"  {name:<{width}}  {text}" for name, (text, _) in SUBCOMMANDS.items()),
+        "",
+        "Options are spelled with underscores, as Lightning's (--ckpt_path, --trainer.max_epochs,",
+        "--batch_size); the tools also read --batch-size as --batch_size.",
+    ]
+    return "\n".join(lines)
+
+
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``contrastive`` console script.
 
@@ -263,44 +353,20 @@ def main(args: ArgsType = None) -> None:
     143 stopped by SIGTERM or Ctrl-C (``last.ckpt`` written).
     """
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in INSPECT_COMMANDS:
-        from contrastive.explore import main as explore_main  # PIL and drawing: only when asked
-
-        explore_main(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        raise SystemExit(0 if argv else 2)
+    command = argv[0]
+    if command not in SUBCOMMANDS and not command.startswith("-"):
+        close = difflib.get_close_matches(command, list(SUBCOMMANDS), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        _fail(f"unknown subcommand {command!r}{hint} (contrastive --help lists them)", 2)
+    tool = SUBCOMMANDS.get(command, (None, None))[1]
+    if tool is not None:
+        tool(argv)
         return
-    if argv and argv[0] == "export":
-        from contrastive.export import main as export_main
-
-        export_main(argv[1:])
-        return
-    if argv and argv[0] == "probe":
-        from contrastive.evaluation.probe import main as probe_main  # the linear probe command
-
-        probe_main(argv[1:])
-        return
-    if argv and argv[0] == "data":
-        # Data tools: `contrastive data <tool> ...`, each a module with main(argv) -> int.
-        import importlib
-
-        data_tools = {"nga": "contrastive.tools.nga", "triplets": "contrastive.tools.triplets"}
-        tool = argv[1] if len(argv) > 1 else None
-        if tool not in data_tools:
-            usage = f"usage: contrastive data {{{','.join(data_tools)}}} [-h] ..."
-            if tool in ("-h", "--help"):
-                print(usage)
-                raise SystemExit(0)
-            problem = "name a data tool" if tool is None else f"unknown data tool {tool!r}"
-            print(f"{usage}\nerror: {problem}", file=sys.stderr)
-            raise SystemExit(2)
-        status = importlib.import_module(data_tools[tool]).main(list(argv[2:]))
-        if status:
-            raise SystemExit(status)
-        return
-    # Like `python -m`, --model my_pkg.MyMethod finds my_pkg in the working folder; the folder
-    # goes on the import path only for such a class the user typed.
-    allow_working_folder(typed_class_paths(argv))
     try:
-        ContrastiveCLI(args=start_from_defaults(argv))  # --data CLASS: that class's defaults
+        run_lightning(argv)
     except ONE_LINE_ERRORS as err:
         _fail(str(err), 2)
     except NonFiniteError as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +241,72 @@ def test_fit_prints_its_run_folder_at_the_start_and_at_the_end(capsys):
         "run folder: runs/contrastive/version_1",
         f"run folder: runs/contrastive/version_1 (last checkpoint: {last})",
     ]
+
+
+# ---- the subcommands and the flag style -----------------------------------------------------
+
+
+def test_help_lists_every_subcommand_and_each_has_its_own_help(capsys):
+    from lightning.pytorch.cli import LightningCLI
+
+    from contrastive.cli import SUBCOMMANDS
+
+    with pytest.raises(SystemExit) as exit_info:
+        run("--help")
+    assert exit_info.value.code == 0
+    listed = re.findall(r"^  (\w+)  ", capsys.readouterr().out, flags=re.M)
+    assert listed == list(SUBCOMMANDS)
+    assert {"fit", "validate", "test", "predict", "embed", "similar", "export", "data"} <= set(
+        listed
+    )
+    assert set(LightningCLI.subcommands()) <= set(listed)  # a Trainer method Lightning adds
+    for command in [*SUBCOMMANDS, "data nga", "data triplets"]:
+        with pytest.raises(SystemExit) as exit_info:
+            run(*command.split(), "--help")
+        assert exit_info.value.code == 0, command
+        assert "usage:" in capsys.readouterr().out, command
+
+
+@pytest.mark.parametrize("command", ["embed", "similar", "export", "data nga", "data triplets"])
+def test_every_tool_option_is_spelled_with_underscores_as_lightnings(command, capsys):
+    with pytest.raises(SystemExit):
+        run(*command.split(), "--help")
+    options = set(re.findall(r"(?<![\w-])--[\w-]+", capsys.readouterr().out))
+    assert len(options) > 3 and not [o for o in options if "-" in o[2:]], options
+
+
+def test_a_hyphenated_option_is_read_as_the_same_option():
+    from contrastive.explore import build_parser
+
+    base = ["similar", "--ckpt", "a.ckpt", "--images", "d", "--out", "p.png"]
+    underscored = [*base, "--batch_size", "3", "--compare_ckpt=b.ckpt", "--no_progress"]
+    hyphenated = [*base, "--batch-size", "3", "--compare-ckpt=b.ckpt", "--no-progress"]
+    parsed = build_parser().parse_args(hyphenated)
+    assert parsed == build_parser().parse_args(underscored)
+    assert (parsed.batch_size, parsed.compare_ckpt, parsed.no_progress) == (3, "b.ckpt", True)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fitt"], "unknown subcommand 'fitt'; did you mean fit?"),
+        (["embedd", "--ckpt", "x"], "unknown subcommand 'embedd'; did you mean embed?"),
+        (
+            ["embed", "--ckpt", "x", "--images", "d", "--out", "o", "--batch-sise", "2"],
+            "unrecognized arguments: --batch_sise",
+        ),  # fmt: skip
+    ],
+)
+def test_a_mistyped_subcommand_or_option_is_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(*args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
+
+
+def test_no_subcommand_prints_the_list_and_fails(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2
+    assert "similar" in capsys.readouterr().err
