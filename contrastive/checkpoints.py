@@ -237,6 +237,12 @@ def load_method(
     class_path = hparams.get("_class_path") if isinstance(hparams, dict) else None
     if not isinstance(class_path, str) or "." not in class_path:
         raise CheckpointError(f"{what} {path}: not a contrastive checkpoint (no method class)")
+    if class_path.startswith("__main__."):
+        raise CheckpointError(
+            f"{what} {path}: its method {class_path} was defined in the script that trained it, "
+            "which no other program can import: define it in a module (my_methods.py) and pass "
+            f"{TRUST_FLAG} my_methods"
+        )
     check_class_paths(hparams, trusted, what)
     allow_working_folder(trusted)  # a module the user trusts may sit in the working folder
     module_name, _, class_name = class_path.rpartition(".")
@@ -249,9 +255,17 @@ def load_method(
             raise CheckpointError(f"{what} {path}: cannot import {class_path}: {err}") from None
         if not (isinstance(cls, type) and issubclass(cls, ContrastiveMethod)):
             raise CheckpointError(f"{what} {path}: {class_path} is not a ContrastiveMethod")
-        model = cls.load_from_checkpoint(
-            Path(path).expanduser(), map_location=device, weights_only=True
-        )
+        try:
+            model = cls.load_from_checkpoint(
+                Path(path).expanduser(), map_location=device, weights_only=True
+            )
+        except (TypeError, ValueError, KeyError) as err:  # jsonargparse's errors are ValueErrors
+            if isinstance(err, CheckpointError):
+                raise
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise CheckpointError(
+                f"{what} {path}: cannot rebuild {class_path} from its hyper-parameters: {first}"
+            ) from None
     from contrastive.datamodules.images import Reading
 
     reading = Reading.of_data(state.get("datamodule_hyper_parameters"))

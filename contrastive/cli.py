@@ -242,16 +242,20 @@ _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
 def typed_class_paths(argv: list[str]) -> list[str]:
     """Dotted names the user typed: command-line values and the ``class_path`` entries of the
-    ``--config`` files named (the classes a run may import from the working folder)."""
+    ``--config`` files named, or of a config given as text (the classes a run may import from
+    the working folder)."""
     found = []
     for i, arg in enumerate(argv):
         value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
         found.append(value)
         is_config = arg in ("--config", "-c") or arg.startswith("--config=")
         config = argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else value
-        if is_config and Path(config).is_file():
-            text = Path(config).read_text(errors="replace")
-            found += re.findall(r"class_path:\s*['\"]?([\w.]+)", text)
+        if is_config:
+            try:
+                text = Path(config).read_text(errors="replace")
+            except OSError:  # not a file: jsonargparse reads the value as the config itself
+                text = config
+            found += re.findall(r"class_path['\"]?:\s*['\"]?([\w.]+)", text)
     return [v for v in found if _DOTTED.match(v)]
 
 

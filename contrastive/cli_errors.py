@@ -106,10 +106,10 @@ def one_line(error: BaseException, argv: list[str], own: tuple[type, ...] = (), 
         return _yaml_error(argv)
     if match := _UNRECOGNIZED.search(text):
         return _unrecognized(match.group(1), argv, parser)
+    if match := _OPTION.search(text):  # before a missing file: jsonargparse tries a config
+        return _unknown_option(key, match.group(1), classes)  # given as text as a path first
     if match := _NO_FILE.search(text):
         return f"{key or '--config'} {match.group(1)}: no such file"
-    if match := _OPTION.search(text):
-        return _unknown_option(key, match.group(1), classes)
     if match := _NO_ATTRIBUTE.search(text):
         module, name = match.groups()
         return _unknown_class(key, f"{module}.{name}", module, name, keys)

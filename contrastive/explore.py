@@ -30,6 +30,7 @@ from contrastive.checkpoints import CheckpointError, add_trust_argument, load_me
 from contrastive.cli_errors import ToolParser
 from contrastive.collection import (
     DEFAULT_IMAGE_SIZE,
+    Embeddings,
     ExploreError,
     ImageSource,
     _first,
@@ -144,19 +145,26 @@ def _embed_with(args, loaded: _Loaded, device: torch.device, source: ImageSource
     return emb, source
 
 
-def run_embed(args: argparse.Namespace) -> None:
+def embed_images(args: argparse.Namespace) -> Embeddings:
+    """What ``contrastive embed`` computes: the images of ``--images`` embedded by ``--ckpt``."""
+    device = resolve_device(args.device)
+    emb, _ = _embed_with(args, _load(args, args.ckpt, device), device)
+    return emb
+
+
+def run_embed(args: argparse.Namespace) -> Embeddings:
     """``contrastive embed``: write ``OUT`` (float32 ``(N, D)``) and ``OUT.ids.jsonl``."""
     out = Path(args.out)
     ids_path = out.with_suffix(".ids.jsonl")
     for path in (out, ids_path):
         check_output(path, args.overwrite)
-    device = resolve_device(args.device)
-    emb, _ = _embed_with(args, _load(args, args.ckpt, device), device)
+    emb = embed_images(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "wb") as f:  # np.save on a file object keeps the name as given
         np.save(f, emb.z.numpy().astype(np.float32))
     write_ids(ids_path, emb.ids)
     print(f"wrote {out} {tuple(emb.z.shape)} and {ids_path}", file=sys.stderr)
+    return emb
 
 
 def run_similar(args: argparse.Namespace) -> list[dict]:

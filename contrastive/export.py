@@ -335,6 +335,8 @@ class ExportEncoder(Callback):
     ``embed`` is not its backbone's features) gets a warning, and the run ends as usual.
     """
 
+    exported: Path | None = None  # the folder written at the end of the last fit
+
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
             return
@@ -346,6 +348,7 @@ class ExportEncoder(Callback):
         data = getattr(trainer.datamodule, "hparams", None)
         try:
             out = export_encoder(pl_module, run / name, data=dict(data or {}), source=str(run))
+            self.exported = out
         except ExportError as err:
             rank_zero_warn(f"the final encoder was not exported: {err}")
             return

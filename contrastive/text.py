@@ -39,10 +39,17 @@ class TextTower(nn.Module):
     Attributes:
         num_features: ``D``, the width of the embeddings ``forward`` returns.
         tokenizer: ``list[str] -> tokens``, picklable; its output is what ``forward`` takes.
+        config: how to build it again, ``{"class_path": ..., "init_args": ...}`` (what a
+            method built in Python saves in its checkpoint, as a config would give it).
     """
 
     num_features: int
     tokenizer: Any
+    config: dict | None = None
+
+    def _record(self, **init_args: Any) -> None:
+        cls = type(self)
+        self.config = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
 
     def forward(self, tokens: Any) -> Tensor:  # tokens -> (B, D)
         raise NotImplementedError(f"{type(self).__name__} must implement forward(tokens)")
@@ -86,6 +93,15 @@ class OpenCLIPText(TextTower):
         context_length: int | None = None,
     ) -> None:
         super().__init__()
+        self._record(
+            model=model,
+            pretrained=pretrained,
+            embed_dim=embed_dim,
+            width=width,
+            layers=layers,
+            heads=heads,
+            context_length=context_length,
+        )
         import open_clip  # the [text] extra, imported only when a tower is built
         from open_clip.model import CLIPTextCfg, _build_text_tower
 
@@ -185,6 +201,7 @@ class SentenceTransformerText(TextTower):
         max_seq_length: int | None = None,
     ) -> None:
         super().__init__()
+        self._record(model=model, max_seq_length=max_seq_length)
         from sentence_transformers import SentenceTransformer  # heavy: only when asked
 
         # Tokenizing in forked loader workers after the main process has: fine, and quiet.

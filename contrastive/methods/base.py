@@ -164,6 +164,23 @@ class ContrastiveMethod(GlobalBatch, LightningModule):
     def on_predict_epoch_end(self) -> None:
         self._skipped.report("predict", "predict")
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Built in Python, the hyper-parameters are plain values without the class (and
+        # without the modules passed in): name it as LightningCLI does, with a text tower's
+        # config, so that every command rebuilds the method (through the safe loader,
+        # contrastive.checkpoints) and load_from_checkpoint still works.
+        hparams = checkpoint.get("hyper_parameters")
+        if isinstance(hparams, dict) and "_class_path" not in hparams:
+            cls = type(self)
+            named = {
+                "_class_path": f"{cls.__module__}.{cls.__qualname__}",
+                "_instantiator": "lightning.pytorch.cli.instantiate_module",
+            }
+            tower = getattr(getattr(self, "text_tower", None), "config", None)
+            if tower is not None and "text_tower" not in hparams:
+                named["text_tower"] = tower  # its weights are in the state_dict
+            checkpoint["hyper_parameters"] = {**named, **hparams}
+
     def embed(self, images: Tensor) -> Tensor:
         """The representation of uint8 (or [0, 1] float) images ``(B, C, H, W)`` for downstream
         use and evaluation: the backbone's ``(B, num_features)`` by default (before any head)."""
