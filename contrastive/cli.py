@@ -6,9 +6,9 @@
 prints the folder at its start and end) and ``--ckpt_path last`` continues the latest run: its
 ``last.ckpt`` if that loads, else its newest step checkpoint that does. Checkpoints are written
 atomically and read as data (:mod:`contrastive.checkpoint_io`, :mod:`contrastive.checkpoints`).
-Without ``--trainer.precision`` a run takes the fastest precision for its hardware
-(:func:`fastest_precision`). A typed mistake ends in one line and exit status 2
-(:mod:`contrastive.cli_errors`); ``--help`` prints the full usage.
+Without ``--trainer.precision`` a run takes the faster precision for its model on its device,
+measured once and cached (:mod:`contrastive.precision`). A typed mistake ends in one line and
+exit status 2 (:mod:`contrastive.cli_errors`); ``--help`` prints the full usage.
 ``contrastive embed|similar --ckpt RUN.ckpt --images ...`` look at a trained embedding (see
 :mod:`contrastive.explore`). ``contrastive data <tool> ...`` runs a data tool from
 :mod:`contrastive.tools` (``contrastive data nga --root DIR`` downloads National Gallery of Art
@@ -27,7 +27,6 @@ import sys
 from argparse import ArgumentError
 from pathlib import Path
 
-import torch
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import (
     ArgsType,
@@ -55,6 +54,7 @@ from contrastive.cli_errors import one_line
 from contrastive.datamodules.common import DataError
 from contrastive.export import ExportEncoder
 from contrastive.methods import ContrastiveMethod, NonFiniteError
+from contrastive.precision import choose_precision, device_for, device_name
 from contrastive.runs import NoRunError, latest_run
 
 # Lightning's own names for --ckpt_path, resolved by the Trainer (``last`` is resolved here).
@@ -184,8 +184,6 @@ class ContrastiveCLI(LightningCLI):
         elif ckpt_path not in (None, *SPECIAL_CKPT_PATHS) and "://" not in str(ckpt_path):
             if not Path(ckpt_path).expanduser().is_file():
                 raise RunError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
-        if config.get("trainer.precision") is None:  # not chosen by the config or the user
-            config.trainer.precision = fastest_precision(config.get("trainer.accelerator"))
 
     def instantiate_classes(self) -> None:
         try:
@@ -195,10 +193,24 @@ class ContrastiveCLI(LightningCLI):
             raise RunError(one_line(err, [], ONE_LINE_ERRORS)) from err
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("trainer.precision") is None:  # not chosen by the config or the user
+            config.trainer.precision = kwargs["precision"] = self._fastest_precision(config)
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+    def _fastest_precision(self, config) -> str:
+        """The faster precision for this model on this device, measured once and cached
+        (:mod:`contrastive.precision`), on the data's image size and batch size."""
+        device = device_for(config.get("trainer.accelerator"))
+        data = dict(getattr(self.datamodule, "hparams", None) or {})
+        size = data.get("image_size") or self.model.backbone.preprocessing.image_size
+        choice = choose_precision(self.model, device, size, data.get("batch_size") or 256)
+        if choice.source != "the only candidate":
+            say(choice.describe(device_name(device)))
+        return choice.precision
 
     def before_fit(self) -> None:
         say(f"run folder: {self.trainer.log_dir}")
@@ -206,19 +218,6 @@ class ContrastiveCLI(LightningCLI):
     def after_fit(self) -> None:
         last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none"
         say(f"run folder: {self.trainer.log_dir} (last checkpoint: {last})")
-
-
-def fastest_precision(accelerator: object) -> str:
-    """``"bf16-mixed"`` where the run may use a CUDA GPU with bf16, ``"32-true"`` elsewhere.
-
-    On CPUs float32 is kept whatever the CPU: bf16 autocast made the shapes configs' small CNN
-    7-12x slower even on a CPU with ``avx512_bf16`` (BENCHMARKS.md), while ResNets there gain
-    from it; pass ``--trainer.precision bf16-mixed`` for those.
-    """
-    on_gpu = accelerator in (None, "auto", "gpu", "cuda")
-    if on_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
 
 
 def _resume_latest_run(config, subcommand: str | None) -> Path:

@@ -11,7 +11,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from contrastive.cli import fastest_precision, main
+from contrastive.cli import main
 from contrastive.methods import SimCLR
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
@@ -121,28 +121,10 @@ def test_every_shipped_config_fits_and_tests_through_the_cli(config, capsys):
           "shapes:4", "--out", "emb.npy"])  # fmt: skip
     assert np.load("emb.npy").shape[0] == 4
     assert (run_dir / "config.yaml").is_file() and (run_dir / "config_3.yaml").is_file()
-    if "--trainer.precision=32" not in tiny:  # the configs leave it to the CLI: float32 on CPU
+    if "--trainer.precision=32" not in tiny:  # the configs leave it to the CLI: measured, and
+        # here (conftest) one candidate: float32
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert saved["trainer"]["precision"] == "32-true"
-
-
-@pytest.mark.parametrize(
-    "accelerator, cuda, bf16, expected",
-    [
-        ("auto", True, True, "bf16-mixed"),
-        ("gpu", True, True, "bf16-mixed"),
-        (None, True, True, "bf16-mixed"),
-        ("cpu", True, True, "32-true"),  # a GPU is there, but the run asked for the CPU
-        ("auto", True, False, "32-true"),  # a GPU without bf16 (pre-Ampere)
-        ("auto", False, False, "32-true"),
-    ],
-)
-def test_an_unset_precision_is_the_fastest_for_the_hardware(
-    accelerator, cuda, bf16, expected, monkeypatch
-):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
-    assert fastest_precision(accelerator) == expected
 
 
 def test_a_precision_the_user_names_is_kept():
