@@ -73,8 +73,7 @@ def test_load_embed_and_similar_give_what_the_commands_give(capsys):
     from contrastive.collection import image_source
 
     source = image_source("shapes:6", 32)
-    images = torch.stack([torch.from_numpy(np.asarray(source.load(i))).permute(2, 0, 1)
-                          for i in range(6)])  # fmt: skip
+    images = torch.stack([source.read(i, None) for i in range(6)])  # (6, 3, 32, 32) uint8
     with torch.inference_mode():
         torch.testing.assert_close(model.embed(images), emb.z, rtol=1e-5, atol=1e-5)
 
@@ -124,8 +123,7 @@ def _images() -> torch.Tensor:
     from contrastive.collection import image_source
 
     source = image_source("shapes:4", 32)
-    return torch.stack([torch.from_numpy(np.asarray(source.load(i))).permute(2, 0, 1)
-                        for i in range(4)])  # fmt: skip
+    return torch.stack([source.read(i, None) for i in range(4)])  # (4, 3, 32, 32) uint8
 
 
 def test_a_method_built_in_python_loads_in_every_command(tmp_path, capsys):
