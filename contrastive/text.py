@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from contrastive.backbones import UnknownBackboneError, fetching
+from contrastive.backbones import OpenCLIPWeights, UnknownBackboneError, fetching
 
 # Hub names with a copy inside a pip package (whose get_model_path() gives the folder).
 _BUNDLED = {
@@ -160,6 +160,38 @@ def _pretrained_text_tower(model: str, pretrained: str, context_length: int | No
     state = {k: v for k, v in full.state_dict().items() if k in tower.state_dict()}
     tower.load_state_dict(state)
     return tower
+
+
+def pretrained_pair(
+    backbone: nn.Module,
+    text_tower: TextTower,
+    embed_dim: int | None,
+    init_temperature: float | None,
+) -> OpenCLIPWeights | None:
+    """The pretrained open_clip model both of CLIP's towers come from (``open_clip:NAME`` with
+    weights, and :class:`OpenCLIPText` of the same name and weights), else ``None``.
+
+    Raises:
+        ValueError: ``embed_dim`` or ``init_temperature`` would replace what the pair learnt.
+    """
+    weights = getattr(backbone, "open_clip_weights", None)
+    if weights is None or not isinstance(text_tower, OpenCLIPText):
+        return None
+    text = text_tower.config["init_args"]
+    if (text.get("model"), str(text.get("pretrained"))) != (weights.model, weights.pretrained):
+        return None
+    width = text_tower.num_features
+    name = f"open_clip:{weights.model} ({weights.pretrained})"
+    if embed_dim not in (None, width):
+        raise ValueError(
+            f"the towers are {name}, whose projections into its {width}-d joint space are kept; "
+            f"embed_dim {embed_dim} would replace them with random ones: set embed_dim to null"
+        )
+    if init_temperature is not None:
+        raise ValueError(
+            f"the towers are {name}, whose learnt logit scale is kept; leave init_temperature unset"
+        )
+    return weights
 
 
 class HFTokenizer:
@@ -332,6 +364,7 @@ __all__ = [
     "distinct_texts",
     "freeze",
     "keep_frozen_eval",
+    "pretrained_pair",
     "projections",
     "resolve_sentence_transformer",
     "token_rows",
