@@ -275,7 +275,28 @@ def run_lightning(args: list[str]) -> ContrastiveCLI:
     # Like `python -m`, --model my_pkg.MyMethod finds my_pkg in the working folder; the folder
     # goes on the import path only for such a class the user typed.
     allow_working_folder(typed_class_paths(args))
-    return ContrastiveCLI(args=start_from_defaults(args))  # --data CLASS: that class's defaults
+    args = start_from_defaults(model_from_checkpoint(args))  # --data CLASS: its own defaults
+    return ContrastiveCLI(args=args)
+
+
+def model_from_checkpoint(args: list[str]) -> list[str]:
+    """``validate|test|predict --ckpt_path FILE`` with neither ``--model`` nor ``--config``:
+    ``--model`` the checkpoint's method, when it is one of ``contrastive``'s (a class from
+    elsewhere is named by the user, which trusts its module)."""
+    flags = [a.split("=", 1)[0] for a in args]
+    if not args or args[0] not in ("validate", "test", "predict"):
+        return args
+    if {"--model", "--config", "-c"} & set(flags) or "--ckpt_path" not in flags:
+        return args
+    i = flags.index("--ckpt_path")
+    path = args[i].split("=", 1)[1] if "=" in args[i] else (args[i + 1 : i + 2] or [""])[0]
+    if not Path(path).is_file():
+        return args  # Lightning's names (best, last) and missing files are reported later
+    hparams = read_checkpoint(path, f"--ckpt_path {path}").get("hyper_parameters") or {}
+    class_path = hparams.get("_class_path") if isinstance(hparams, dict) else None
+    if isinstance(class_path, str) and class_path.startswith("contrastive."):
+        return [*args, f"--model={class_path}"]
+    return args
 
 
 def _run_explore(argv: list[str]) -> None:

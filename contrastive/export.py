@@ -38,6 +38,7 @@ from contrastive.backbones import (
     create_backbone,
 )
 from contrastive.checkpoints import add_trust_argument
+from contrastive.cli_errors import ToolParser
 from contrastive.encoder import (
     CONFIG,
     FILES,
@@ -348,21 +349,17 @@ class ExportEncoder(Callback):
         data = getattr(trainer.datamodule, "hparams", None)
         try:
             out = export_encoder(pl_module, run / name, data=dict(data or {}), source=str(run))
-            self.exported = out
         except ExportError as err:
             rank_zero_warn(f"the final encoder was not exported: {err}")
             return
+        self.exported = out
         rank_zero_info(
             f"exported the final encoder to {out} (load it with contrastive.load_encoder)"
         )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from contrastive.cli_errors import ToolParser
-
-    parser = ToolParser(
-        prog="contrastive export", description="Write a trained encoder to a folder."
-    )
+    parser = ToolParser(prog="contrastive export", description="Write an encoder to a folder.")
     parser.add_argument("--ckpt", required=True, help="a checkpoint of a ContrastiveMethod")
     add_trust_argument(parser)
     parser.add_argument("--out", required=True, help="a new or empty folder")

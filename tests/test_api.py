@@ -141,6 +141,8 @@ def test_a_method_built_in_python_loads_in_every_command(tmp_path, capsys):
     torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-5)
     capsys.readouterr()
     tiny = [a for a in TINY if not a.startswith("--model")]
+    main(["test", f"--ckpt_path={ckpt}", *tiny])  # the method the checkpoint names
+    assert "What the embedding knows" in capsys.readouterr().out
     # The config's method is wider (width 16, projector 2048): the checkpoint's own
     # hyper-parameters rebuild it, as for a checkpoint of `contrastive fit`.
     main(["test", f"--config={CONFIG}", f"--ckpt_path={ckpt}", *tiny])
