@@ -283,7 +283,7 @@ def _create_open_clip(name: str, *, pretrained: bool | str, **kwargs) -> nn.Modu
     if pretrained:  # its output is already in the model's joint space (the projection is inside)
         bias = getattr(model, "logit_bias", None)
         visual.open_clip_weights = OpenCLIPWeights(
-            name, str(pretrained), float(model.logit_scale), None if bias is None else float(bias)
+            name, str(pretrained), model.logit_scale.item(), None if bias is None else bias.item()
         )
     return visual
 

@@ -317,6 +317,29 @@ def projections(
     return image, text
 
 
+def joint_space(
+    backbone: nn.Module,
+    tower: TextTower,
+    embed_dim: int | None,
+    text_projection: bool,
+    init_temperature: float | None,
+) -> tuple[nn.Module, nn.Module, float | None, float | None]:
+    """CLIP's image and text projections, and the log logit scale and logit bias they come with
+    (``None``: the method's own initial values).
+
+    Towers from one pretrained open_clip model (:func:`pretrained_pair`) already end in its
+    projections into its joint space: no new ones, and its learnt scale and bias, so that
+    fine-tuning starts from what the model knows. Otherwise new :func:`projections` into
+    ``embed_dim`` (the tower's width when ``None``).
+    """
+    pair = pretrained_pair(backbone, tower, embed_dim, init_temperature)
+    if pair is not None:
+        return nn.Identity(), nn.Identity(), pair.log_logit_scale, pair.logit_bias
+    width = embed_dim or tower.num_features
+    image, text = projections(backbone.num_features, tower, width, text_projection, "embed_dim")
+    return image, text, None, None
+
+
 def distinct_texts(texts: list[str] | tuple[str, ...]) -> tuple[list[str], Tensor]:
     """The distinct texts in order of first appearance, and each text's ``(N,)`` row among them."""
     rows: dict[str, int] = {}
@@ -363,6 +386,7 @@ __all__ = [
     "TextTower",
     "distinct_texts",
     "freeze",
+    "joint_space",
     "keep_frozen_eval",
     "pretrained_pair",
     "projections",

@@ -172,7 +172,7 @@ def test_a_method_defined_in_a_script_is_refused_with_how_to_fix_it(tmp_path):
 
 def test_a_clip_built_in_python_keeps_its_text_tower_config(tmp_path, capsys):
     text = OpenCLIPText(width=16, layers=1, heads=2, context_length=16, embed_dim=8)
-    model = CLIP(text_tower=text, embed_dim=8, backbone_kwargs={"width": 4}, prompts={})
+    model = CLIP(text_tower=text, embed_dim=8, backbone_kwargs={"width": 4})
     ckpt = _train_in_python(model, tmp_path)
     saved = torch.load(ckpt, weights_only=True)["hyper_parameters"]["text_tower"]
     assert saved["class_path"] == "contrastive.text.OpenCLIPText"

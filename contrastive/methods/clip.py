@@ -13,15 +13,8 @@ from contrastive.heads import ProjectionHead
 from contrastive.losses import Tiling, clip_loss, siglip_loss
 from contrastive.methods.base import ContrastiveMethod
 from contrastive.queue import EmbeddingQueue
-from contrastive.text import (
-    TextCache,
-    TextTower,
-    freeze,
-    keep_frozen_eval,
-    pretrained_pair,
-    projections,
-    tokens_to,
-)
+from contrastive.text import TextCache, TextTower, freeze, joint_space, keep_frozen_eval, tokens_to
+
 
 class CLIP(ContrastiveMethod):
     """CLIP (Radford et al. 2021, arXiv:2103.00020): an image and a text tower whose embeddings
@@ -35,14 +28,8 @@ class CLIP(ContrastiveMethod):
     projection. ``embed(images)`` is the backbone's features; ``encode_image`` and
     ``encode_text`` the two towers' embeddings in the shared space, which
     :class:`~contrastive.evaluation.crossmodal_report.CrossModalEvaluation` reads for zero-shot
-    classification and retrieval.
-
-    Fine-tuning a pretrained CLIP: with ``backbone="open_clip:NAME"`` and pretrained weights and
-    an :class:`~contrastive.text.OpenCLIPText` of the same model and weights, both towers already
-    end in the model's projections into its joint space, so no new ones are added, and the
-    logit scale (and SigLIP's bias) start at the model's learnt values: at step 0 the method
-    scores as the pretrained model does. ``embed_dim`` is then ``None`` (the model's width) and
-    ``init_temperature`` unset.
+    classification and retrieval. Towers from one pretrained open_clip model keep its projections
+    and logit scale (:func:`~contrastive.text.joint_space`): at step 0 they score as it does.
 
     Args:
         text_tower: e.g. :class:`~contrastive.text.OpenCLIPText` or
@@ -111,7 +98,9 @@ class CLIP(ContrastiveMethod):
             raise ValueError(f"caption_grad_scale must be >= 0, got {caption_grad_scale}")
         if queue_size and loss != "clip":
             raise ValueError(f"queue_size needs loss='clip' (SigLIP takes no queue), got '{loss}'")
-        pair = pretrained_pair(self.backbone, text_tower, embed_dim, init_temperature)
+        self.image_projection, self.text_projection, log_scale, bias = joint_space(
+            self.backbone, text_tower, embed_dim, text_projection, init_temperature
+        )
         init_temperature = init_temperature or {"clip": 0.07, "siglip": 0.1}[loss]
         if not 0 < 1 / init_temperature <= max_logit_scale:
             raise ValueError(
@@ -122,26 +111,14 @@ class CLIP(ContrastiveMethod):
         self.text_tower = freeze(text_tower) if freeze_text_tower else text_tower
         if freeze_image_tower:
             freeze(self.backbone)
-        # A pretrained pair's projections are inside its towers, which both map into its joint
-        # space: no new ones, so fine-tuning starts from what it knows (and from its scale).
-        self.image_projection, self.text_projection = (
-            (nn.Identity(), nn.Identity())
-            if pair is not None
-            else projections(
-                self.backbone.num_features, text_tower, embed_dim, text_projection, "embed_dim"
-            )
-        )
-        log_scale = torch.tensor(
-            pair.log_logit_scale if pair is not None else math.log(1 / init_temperature)
-        )
+        log_scale = torch.tensor(math.log(1 / init_temperature) if log_scale is None else log_scale)
         if learn_temperature:
             self.log_logit_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_logit_scale", log_scale)
         if loss == "siglip":
-            if pair is not None and pair.logit_bias is not None:
-                init_logit_bias = pair.logit_bias
-            self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
+            bias = init_logit_bias if bias is None else bias  # a pretrained SigLIP's own
+            self.logit_bias = nn.Parameter(torch.tensor(float(bias)))
         self.loss, self.max_logit_scale = loss, max_logit_scale
         self.freeze_image_tower, self.freeze_text_tower = freeze_image_tower, freeze_text_tower
         self.tiling = Tiling(tiled, tile_size, tile_above)
