@@ -272,6 +272,28 @@ def load_method(
     return model.eval().to(device), reading
 
 
+def name_method_class(method: torch.nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Name ``method``'s class in ``checkpoint``'s hyper-parameters as LightningCLI does.
+
+    Built in Python, a method's hyper-parameters are plain values, without its class (and
+    without the modules passed in): named here, with a text tower's config (its weights are in
+    the state_dict), every command rebuilds the method through :func:`load_method`, and
+    ``load_from_checkpoint`` still works. A checkpoint LightningCLI wrote is left as it is.
+    """
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, dict) or "_class_path" in hparams:
+        return
+    cls = type(method)
+    named = {
+        "_class_path": f"{cls.__module__}.{cls.__qualname__}",
+        "_instantiator": "lightning.pytorch.cli.instantiate_module",
+    }
+    tower = getattr(getattr(method, "text_tower", None), "config", None)
+    if tower is not None and "text_tower" not in hparams:
+        named["text_tower"] = tower
+    checkpoint["hyper_parameters"] = {**named, **hparams}
+
+
 def add_trust_argument(parser, what: str = "--ckpt") -> None:
     """``--trust_module MODULE`` (repeatable, into ``args.trust``) on an argparse parser."""
     parser.add_argument(

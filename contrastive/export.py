@@ -353,9 +353,7 @@ class ExportEncoder(Callback):
             rank_zero_warn(f"the final encoder was not exported: {err}")
             return
         self.exported = out
-        rank_zero_info(
-            f"exported the final encoder to {out} (load it with contrastive.load_encoder)"
-        )
+        rank_zero_info(f"exported the final encoder to {out} (contrastive.load_encoder loads it)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -300,8 +300,7 @@ def _comma_list(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="contrastive data triplets",
-        description="Make a triplet manifest (image_a, image_b, text) from class folders or a "
-        "metadata table, for text-conditioned similarity.",
+        description="Make a triplet manifest (image_a, image_b, text) from folders or a table.",
     )
     source = parser.add_argument_group("images")
     source.add_argument(
