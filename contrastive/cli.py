@@ -9,14 +9,10 @@ atomically and read as data (:mod:`contrastive.checkpoint_io`, :mod:`contrastive
 Without ``--trainer.precision`` a run takes the faster precision for its model on its device,
 measured once and cached (:mod:`contrastive.precision`). A typed mistake ends in one line and
 exit status 2 (:mod:`contrastive.cli_errors`); ``--help`` prints the full usage.
-``contrastive embed|similar --ckpt RUN.ckpt --images ...`` look at a trained embedding (see
-:mod:`contrastive.explore`). ``contrastive data <tool> ...`` runs a data tool from
-:mod:`contrastive.tools` (``contrastive data nga --root DIR`` downloads National Gallery of Art
-images, ``contrastive data triplets ...`` writes a triplet manifest); each tool is a module
-with ``main(argv) -> int``, listed in :data:`DATA_TOOLS`. ``contrastive --help`` lists every
-subcommand (:data:`SUBCOMMANDS`); every option is spelled with underscores, as Lightning's.
-``contrastive export --ckpt RUN.ckpt --out DIR`` writes a trained encoder
-(:mod:`contrastive.export`), as every ``fit`` does into its run folder at the end.
+``contrastive --help`` lists every subcommand (:data:`SUBCOMMANDS`): Lightning's four and the
+tools, each with its own parser: ``embed``/``similar`` (:mod:`contrastive.explore`), ``export``,
+``probe`` (:mod:`contrastive.evaluation.probe`) and ``data nga|triplets`` (:data:`DATA_TOOLS`).
+Every option is spelled with underscores, as Lightning's.
 """
 
 from __future__ import annotations

@@ -238,7 +238,7 @@ def test_help_lists_every_subcommand_and_each_has_its_own_help(capsys):
     assert exit_info.value.code == 0
     listed = re.findall(r"^  (\w+)  ", capsys.readouterr().out, flags=re.M)
     assert listed == list(SUBCOMMANDS)
-    assert {"fit", "validate", "test", "predict", "embed", "similar", "export", "data"} <= set(
+    assert {"fit", "validate", "test", "predict", "embed", "similar", "export", "probe"} <= set(
         listed
     )
     assert set(LightningCLI.subcommands()) <= set(listed)  # a Trainer method Lightning adds
@@ -249,7 +249,9 @@ def test_help_lists_every_subcommand_and_each_has_its_own_help(capsys):
         assert "usage:" in capsys.readouterr().out, command
 
 
-@pytest.mark.parametrize("command", ["embed", "similar", "export", "data nga", "data triplets"])
+@pytest.mark.parametrize(
+    "command", ["embed", "similar", "export", "probe", "data nga", "data triplets"]
+)
 def test_every_tool_option_is_spelled_with_underscores_as_lightnings(command, capsys):
     with pytest.raises(SystemExit):
         run(*command.split(), "--help")

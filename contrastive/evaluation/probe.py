@@ -12,6 +12,7 @@ probes and prints the table; its PNG goes to ``--out``.
 from __future__ import annotations
 
 import sys
+from argparse import ArgumentError
 from pathlib import Path
 
 import torch
@@ -20,12 +21,15 @@ from lightning.pytorch import LightningDataModule, Trainer
 
 import contrastive.datamodules  # noqa: F401  (the data modules' short names)
 from contrastive.checkpoints import add_trust_argument, load_method
+from contrastive.cli_errors import one_line, underscored
 from contrastive.datamodules.common import DataError
 from contrastive.evaluation.embedding_report import EmbeddingReport
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="contrastive probe", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(
+        prog="contrastive probe", description=__doc__.splitlines()[0], exit_on_error=False
+    )
     parser.add_argument("--ckpt", type=str, required=True, help="a method's checkpoint")
     add_trust_argument(parser)
     parser.add_subclass_arguments(LightningDataModule, "data", help="the data module to probe on")
@@ -37,9 +41,19 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: list[str]) -> dict[str, float]:
-    """Run the probe; returns the logged figures (``test/knn/<field>``, ``test/linear/...``)."""
+    """Run the probe; returns the logged figures (``test/knn/<field>``, ``test/linear/...``).
+
+    Options are spelled as every command's (``--report.probe_max_iter``; the hyphenated
+    spelling is read as the same). A mistyped option ends in one line and exit status 2, a
+    checkpoint or data that does not load in one line and exit status 1.
+    """
     parser = build_parser()
-    config = parser.parse_args(argv)
+    argv = [underscored(arg) for arg in argv]
+    try:
+        config = parser.parse_args(argv)
+    except ArgumentError as err:  # exit_on_error=False: raised instead of printed
+        print(f"error: {one_line(err, argv, parser=parser)}", file=sys.stderr)
+        raise SystemExit(2) from None
     try:
         objects = parser.instantiate_classes(config)
         model, _ = load_method(config.ckpt, torch.device("cpu"), config.trust)
