@@ -1,11 +1,11 @@
 """Contrastive and self-supervised representation learning on PyTorch Lightning.
 
-The commands as functions (:mod:`contrastive.api`): ``fit``, ``load``, ``embed``, ``similar``;
-and ``load_encoder`` for an exported encoder (:mod:`contrastive.encoder`).
+The commands as functions (:mod:`contrastive.api`): ``fit``, ``load``, ``embed``, ``similar``,
+``probe``; and ``load_encoder`` for an exported encoder (:mod:`contrastive.encoder`).
 """
 
 __version__ = "0.1.0"
-__all__ = ["Run", "embed", "fit", "load", "load_encoder", "similar"]
+__all__ = ["Run", "embed", "fit", "load", "load_encoder", "probe", "similar"]
 
 # Where each name lives; imported when first used, so `import contrastive` stays light and
 # cycle-free.
@@ -15,6 +15,7 @@ _HOMES = {
     "load": "contrastive.api",
     "embed": "contrastive.api",
     "similar": "contrastive.api",
+    "probe": "contrastive.api",
     "load_encoder": "contrastive.encoder",
 }
 

@@ -8,12 +8,14 @@ run.folder, run.checkpoint, run.encoder, run.metrics
 model = contrastive.load(run.checkpoint)  # the method, eval mode: model.embed(uint8 images)
 emb = contrastive.embed(run.checkpoint, "photos/")  # emb.z (N, D), emb.ids
 rows = contrastive.similar(run.checkpoint, "photos/", out="pairs.png", top=8)
+figures = contrastive.probe(run.checkpoint, data="VisionSetDataModule")  # kNN, linear probe
 ```
 
 :func:`fit` is ``contrastive fit``: the keyword arguments are the command's keys, as a config
 file would give them (``trainer={"max_epochs": 1}``, ``model="BYOL"``,
 ``data={"batch_size": 64}``, ``ckpt_path="last"``), parsed, checked and run by the same
-LightningCLI; mistakes raise the command's one-line errors. :func:`embed` and :func:`similar`
+LightningCLI; mistakes raise the command's one-line errors; :func:`probe` passes its keyword
+arguments to its command the same way. :func:`embed` and :func:`similar`
 parse their options with the commands' parsers (``batch_size=64`` is ``--batch_size 64``) and
 run the commands' functions. Checkpoints load through the one safe loader
 (:func:`contrastive.checkpoints.load_method`), checkpoints of methods built in Python included.
@@ -66,7 +68,7 @@ def fit(config: PathLike | Sequence[PathLike] | None = None, **overrides: Any) -
     from contrastive.cli import run_lightning
     from contrastive.export import ExportEncoder
 
-    trainer = run_lightning(lightning_args("fit", config, overrides)).trainer
+    trainer = run_lightning(["fit", *config_args(config, overrides)]).trainer
     export = next((c for c in trainer.callbacks if isinstance(c, ExportEncoder)), None)
     last = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
     return Run(
@@ -77,19 +79,20 @@ def fit(config: PathLike | Sequence[PathLike] | None = None, **overrides: Any) -
     )
 
 
-def lightning_args(
-    subcommand: str, config: PathLike | Sequence[PathLike] | None, overrides: dict[str, Any]
+def config_args(
+    config: PathLike | Sequence[PathLike] | None, overrides: dict[str, Any]
 ) -> list[str]:
-    """The command line :func:`fit` runs: the configs, class names and paths as typed flags
-    (so that a class from the working folder is allowed, as when typed), the rest as one more
-    config (a JSON document, which the ``--config`` option reads as a file's contents)."""
+    """The options :func:`fit` and :func:`probe` pass their command: the configs, class names
+    and paths as typed flags (so that a class from the working folder is allowed, as when
+    typed), the rest as one more config (a JSON document, which ``--config`` reads as a file's
+    contents)."""
     if config is None:
         configs = []
     elif isinstance(config, (str, os.PathLike)):
         configs = [config]
     else:
         configs = list(config)
-    args = [subcommand]
+    args = []
     for path in configs:
         args += ["--config", os.fspath(path)]
     rest = {}
@@ -101,6 +104,41 @@ def lightning_args(
     if rest:
         args += ["--config", json.dumps(rest, default=os.fspath)]
     return args
+
+
+def probe(
+    ckpt: PathLike,
+    config: PathLike | None = None,
+    trust_module: Sequence[str] = (),
+    **overrides: Any,
+) -> dict[str, float]:
+    """``contrastive probe``: the kNN and linear-probe report of ``ckpt`` (printed, its PNG
+    under ``out``), and its figures (``test/knn/<field>``, ``test/linear/<field>``, ...).
+
+    Args:
+        ckpt: a checkpoint.
+        config: a YAML file of the command's options, or ``None``.
+        trust_module: as :func:`load`'s.
+        **overrides: the command's keys, as in a config file: ``data="VisionSetDataModule"``
+            or ``data={"class_path": ..., "init_args": {...}}``, ``report={"probe_max_iter":
+            100}``, ``accelerator``, ``out``.
+
+    Raises:
+        ValueError: one line: a mistaken option, or a checkpoint or data that does not load.
+    """
+    from argparse import ArgumentError
+
+    from contrastive.cli_errors import one_line
+    from contrastive.evaluation.probe import build_parser, run_probe
+
+    parser = build_parser()
+    argv = ["--ckpt", os.fspath(ckpt), *config_args(config, overrides)]
+    argv += [arg for module in trust_module for arg in ("--trust_module", module)]
+    try:
+        parsed = parser.parse_args(argv)
+    except ArgumentError as err:
+        raise ValueError(one_line(err, argv, parser=parser)) from None
+    return run_probe(parser, parsed)
 
 
 def load(ckpt: PathLike, device: str = "cpu", trust_module: Sequence[str] = ()):

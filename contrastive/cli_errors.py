@@ -32,6 +32,7 @@ _NO_ATTRIBUTE = re.compile(r"module '([\w.]+)' has no attribute '(\w+)'")
 _SHORT_NAME = re.compile(r"Expected a dot import path string: (\S+)")
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)")
 _NO_FILE = re.compile(r"File does not exist: '?([^']+)'?")
+_GROUP_OPTION = re.compile(r"(Group|Subcommand) '([\w.]+)' does not accept option '([^']+)'")
 
 # What a key takes, for the "did you mean" of an unknown class name: the package whose
 # classes it lists, and what to call one.
@@ -106,6 +107,9 @@ def one_line(error: BaseException, argv: list[str], own: tuple[type, ...] = (), 
         return _yaml_error(argv)
     if match := _UNRECOGNIZED.search(text):
         return _unrecognized(match.group(1), argv, parser)
+    if match := _GROUP_OPTION.search(text):  # a key of a config (a JSON one from the API)
+        kind, group, option = match.groups()
+        return _unrecognized(f"--{group + '.' if kind == 'Group' else ''}{option}", argv, parser)
     if match := _OPTION.search(text):  # before a missing file: jsonargparse tries a config
         return _unknown_option(key, match.group(1), classes)  # given as text as a path first
     if match := _NO_FILE.search(text):

@@ -19,6 +19,7 @@ from test_methods import _tiny_data
 import contrastive
 from contrastive.checkpoints import CheckpointError, UntrustedModuleError
 from contrastive.cli import RunError, main
+from contrastive.evaluation.probe import main as probe_main
 from contrastive.methods import CLIP, SimCLR
 from contrastive.runs import NoRunError
 from contrastive.text import OpenCLIPText
@@ -91,6 +92,8 @@ def test_load_embed_and_similar_give_what_the_commands_give(capsys):
 def test_mistakes_are_the_commands_one_line_errors():
     with pytest.raises(RunError, match="did you mean temperature"):
         contrastive.fit(CONFIG, model={"temperatur": 0.2})
+    with pytest.raises(RunError, match="--trainer.max_epoch: no such option; did you mean "):
+        contrastive.fit(CONFIG, trainer={"max_epoch": 1})
     with pytest.raises(NoRunError, match="--ckpt_path last: no earlier run"):
         contrastive.fit(CONFIG, ckpt_path="last")
     with pytest.raises(TypeError, match="unexpected option 'batchsize'.*batch_size"):
@@ -182,3 +185,19 @@ def test_a_clip_built_in_python_keeps_its_text_tower_config(tmp_path, capsys):
     torch.testing.assert_close(loaded.text_tower(tokens), model.text_tower.eval()(tokens))
     main(["embed", "--ckpt", str(ckpt), "--images", "shapes:2", "--out", "e.npy"])
     assert np.load("e.npy").shape == (2, 32)
+
+
+def test_probe_is_the_command_and_returns_its_figures(tmp_path, capsys):
+    ckpt = _train_in_python(SimCLR(backbone_kwargs={"width": 4}, projector_hidden_dim=16),
+                            tmp_path)  # fmt: skip
+    data = {"num_test": 24, "num_bank": 32, "eval_batch_size": 16}
+    typed = probe_main(["--ckpt", str(ckpt), *[f"--data.{k}={v}" for k, v in data.items()],
+                        "--report.probe_max_iter=10", "--out=cli"])  # fmt: skip
+    figures = contrastive.probe(ckpt, data=data, report={"probe_max_iter": 10}, out="api")
+    assert figures == typed and {"test/knn/shape", "test/linear/shape"} <= set(figures)
+    assert Path("api/test_report.png").is_file()
+    assert capsys.readouterr().out.count("What the embedding knows") == 2
+    with pytest.raises(ValueError, match="did you mean --report.probe_max_iter"):
+        contrastive.probe(ckpt, report={"probe_max_itr": 3})
+    with pytest.raises(ValueError, match="nope.ckpt"):
+        contrastive.probe("nope.ckpt", data=data)

@@ -75,4 +75,5 @@ def test_the_readme_python_api_runs_as_written(capsys):
     assert run.checkpoint.is_file() and (run.folder / "config.yaml").is_file()
     assert emb.z.shape == (64, namespace["model"].backbone.num_features) and len(rows) == 8
     assert Path("pairs.png").is_file() and namespace["encoder"].num_features == emb.z.shape[1]
+    assert {"test/knn/shape", "test/linear/shape"} <= set(namespace["figures"])
     assert str(run.checkpoint) in capsys.readouterr().out  # the print line

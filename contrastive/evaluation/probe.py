@@ -16,7 +16,7 @@ from argparse import ArgumentError
 from pathlib import Path
 
 import torch
-from jsonargparse import ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch import LightningDataModule, Trainer
 
 import contrastive.datamodules  # noqa: F401  (the data modules' short names)
@@ -30,6 +30,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="contrastive probe", description=__doc__.splitlines()[0], exit_on_error=False
     )
+    parser.add_argument("--config", action=ActionConfigFile, help="the options in a YAML file")
     parser.add_argument("--ckpt", type=str, required=True, help="a method's checkpoint")
     add_trust_argument(parser)
     parser.add_subclass_arguments(LightningDataModule, "data", help="the data module to probe on")
@@ -55,6 +56,19 @@ def main(argv: list[str]) -> dict[str, float]:
         print(f"error: {one_line(err, argv, parser=parser)}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
+        return run_probe(parser, config)
+    except ValueError as err:  # no traceback
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def run_probe(parser: ArgumentParser, config) -> dict[str, float]:
+    """The probe of a parsed command line (:func:`build_parser`), its figures returned.
+
+    Raises:
+        ValueError: one line: the checkpoint or the data does not load.
+    """
+    try:
         objects = parser.instantiate_classes(config)
         model, _ = load_method(config.ckpt, torch.device("cpu"), config.trust)
         trainer = Trainer(
@@ -68,8 +82,7 @@ def main(argv: list[str]) -> dict[str, float]:
         )
         results = trainer.test(model, datamodule=objects.data, verbose=False)
     except (DataError, ValueError) as err:  # CheckpointError is a ValueError
-        print(f"error: {_one_line(err)}", file=sys.stderr)  # no traceback
-        raise SystemExit(1) from None
+        raise ValueError(_one_line(err)) from None
     return results[0] if results else {}
 
 
