@@ -51,6 +51,23 @@ class Preprocessing(NamedTuple):
         return cls(tuple(map(float, mean)), tuple(map(float, std)), side and int(side))
 
 
+class OpenCLIPWeights(NamedTuple):
+    """The pretrained open_clip model an ``open_clip:NAME`` image tower was cut from: what CLIP
+    needs to keep the model's joint space when its text tower comes from the same weights.
+
+    Attributes:
+        model: the open_clip model name (``ViT-B-32``).
+        pretrained: the weights, a tag or a local file, as given to open_clip.
+        log_logit_scale: the model's learnt log logit scale.
+        logit_bias: its learnt logit bias (SigLIP models); ``None`` without one.
+    """
+
+    model: str
+    pretrained: str
+    log_logit_scale: float
+    logit_bias: float | None = None
+
+
 class UnknownBackboneError(ValueError):
     """The backbone name is neither registered nor known to its source."""
 
@@ -263,6 +280,11 @@ def _create_open_clip(name: str, *, pretrained: bool | str, **kwargs) -> nn.Modu
     random_init = Preprocessing.random_init()
     mean, std = (config["mean"], config["std"]) if pretrained else random_init[:2]
     visual.preprocessing = Preprocessing.of(mean, std, config["size"])
+    if pretrained:  # its output is already in the model's joint space (the projection is inside)
+        bias = getattr(model, "logit_bias", None)
+        visual.open_clip_weights = OpenCLIPWeights(
+            name, str(pretrained), model.logit_scale.item(), None if bias is None else bias.item()
+        )
     return visual
 
 

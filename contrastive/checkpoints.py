@@ -7,7 +7,7 @@ its hyper-parameters, and imports only:
 
 - classes of ``contrastive`` and of the libraries it is built on (:data:`LIBRARIES`: the
   optimizer and augmentations a config names), and modules the user names on the command line
-  (``--trust-module my_pkg``), checked in the hyper-parameters before anything is imported;
+  (``--trust_module my_pkg``), checked in the hyper-parameters before anything is imported;
 - while it instantiates them, no module from outside the Python installation (the working
   folder, a data folder) unless trusted, whatever string leads to the import
   (:class:`ImportGuard`).
@@ -15,8 +15,8 @@ its hyper-parameters, and imports only:
 The loading points: ``fit|validate|test|predict --ckpt_path`` (its hyper-parameters in
 ``ContrastiveCLI._parse_ckpt_path``, its state through
 :class:`~contrastive.checkpoint_io.AtomicCheckpointIO`), ``embed``, ``similar`` and
-``similar --compare-ckpt``, ``data triplets --ckpt``, ``export --ckpt`` and
-``--wise-ft-base``, ``backbone_kwargs.checkpoint`` and ``Conditional(towers=...)`` (through
+``similar --compare_ckpt``, ``data triplets --ckpt``, ``export --ckpt`` and
+``--wise_ft_base``, ``backbone_kwargs.checkpoint`` and ``Conditional(towers=...)`` (through
 :func:`contrastive.backbones.load_weights`).
 """
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 #: optimizers (``torch.optim.AdamW``, ``timm.optim.Lars``) and augmentations (``kornia``).
 LIBRARIES = ("contrastive", "torch", "timm", "kornia")
 
-TRUST_FLAG = "--trust-module"
+TRUST_FLAG = "--trust_module"
 
 
 class CheckpointError(ValueError):
@@ -221,7 +221,7 @@ def load_method(
         path: a Lightning checkpoint written by ``contrastive fit``.
         device: where the model goes.
         trusted: modules besides ``contrastive`` whose classes the checkpoint may name (the
-            user's ``--trust-module``).
+            user's ``--trust_module``).
         what: how messages name the file.
 
     Returns:
@@ -237,6 +237,12 @@ def load_method(
     class_path = hparams.get("_class_path") if isinstance(hparams, dict) else None
     if not isinstance(class_path, str) or "." not in class_path:
         raise CheckpointError(f"{what} {path}: not a contrastive checkpoint (no method class)")
+    if class_path.startswith("__main__."):
+        raise CheckpointError(
+            f"{what} {path}: its method {class_path} was defined in the script that trained it, "
+            "which no other program can import: define it in a module (my_methods.py) and pass "
+            f"{TRUST_FLAG} my_methods"
+        )
     check_class_paths(hparams, trusted, what)
     allow_working_folder(trusted)  # a module the user trusts may sit in the working folder
     module_name, _, class_name = class_path.rpartition(".")
@@ -249,17 +255,47 @@ def load_method(
             raise CheckpointError(f"{what} {path}: cannot import {class_path}: {err}") from None
         if not (isinstance(cls, type) and issubclass(cls, ContrastiveMethod)):
             raise CheckpointError(f"{what} {path}: {class_path} is not a ContrastiveMethod")
-        model = cls.load_from_checkpoint(
-            Path(path).expanduser(), map_location=device, weights_only=True
-        )
+        try:
+            model = cls.load_from_checkpoint(
+                Path(path).expanduser(), map_location=device, weights_only=True
+            )
+        except (TypeError, ValueError, KeyError) as err:  # jsonargparse's errors are ValueErrors
+            if isinstance(err, CheckpointError):
+                raise
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise CheckpointError(
+                f"{what} {path}: cannot rebuild {class_path} from its hyper-parameters: {first}"
+            ) from None
     from contrastive.datamodules.images import Reading
 
     reading = Reading.of_data(state.get("datamodule_hyper_parameters"))
     return model.eval().to(device), reading
 
 
+def name_method_class(method: torch.nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Name ``method``'s class in ``checkpoint``'s hyper-parameters as LightningCLI does.
+
+    Built in Python, a method's hyper-parameters are plain values, without its class (and
+    without the modules passed in): named here, with a text tower's config (its weights are in
+    the state_dict), every command rebuilds the method through :func:`load_method`, and
+    ``load_from_checkpoint`` still works. A checkpoint LightningCLI wrote is left as it is.
+    """
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, dict) or "_class_path" in hparams:
+        return
+    cls = type(method)
+    named = {
+        "_class_path": f"{cls.__module__}.{cls.__qualname__}",
+        "_instantiator": "lightning.pytorch.cli.instantiate_module",
+    }
+    tower = getattr(getattr(method, "text_tower", None), "config", None)
+    if tower is not None and "text_tower" not in hparams:
+        named["text_tower"] = tower
+    checkpoint["hyper_parameters"] = {**named, **hparams}
+
+
 def add_trust_argument(parser, what: str = "--ckpt") -> None:
-    """``--trust-module MODULE`` (repeatable, into ``args.trust``) on an argparse parser."""
+    """``--trust_module MODULE`` (repeatable, into ``args.trust``) on an argparse parser."""
     parser.add_argument(
         TRUST_FLAG,
         dest="trust",
@@ -273,7 +309,7 @@ def add_trust_argument(parser, what: str = "--ckpt") -> None:
 
 def allow_working_folder(modules: Sequence[str]) -> None:
     """Put the working folder first on the import path if one of ``modules`` (names the user
-    typed: ``--model my_pkg.X``, ``--trust-module my_pkg``) is found there and nowhere else.
+    typed: ``--model my_pkg.X``, ``--trust_module my_pkg``) is found there and nowhere else.
 
     Otherwise the folder stays off the path, so no file in it is imported by accident.
     """

@@ -6,26 +6,23 @@
 prints the folder at its start and end) and ``--ckpt_path last`` continues the latest run: its
 ``last.ckpt`` if that loads, else its newest step checkpoint that does. Checkpoints are written
 atomically and read as data (:mod:`contrastive.checkpoint_io`, :mod:`contrastive.checkpoints`).
-Without ``--trainer.precision`` a run takes the fastest precision for its hardware
-(:func:`fastest_precision`). A typed mistake ends in one line and exit status 2
-(:mod:`contrastive.cli_errors`); ``--help`` prints the full usage.
-``contrastive embed|similar --ckpt RUN.ckpt --images ...`` look at a trained embedding (see
-:mod:`contrastive.explore`). ``contrastive data <tool> ...`` runs a data tool from
-:mod:`contrastive.tools` (``contrastive data nga --root DIR`` downloads National Gallery of Art
-images, ``contrastive data triplets ...`` writes a triplet manifest); each tool is a module
-with ``main(argv) -> int``, listed in ``main``'s ``data_tools``.
-``contrastive export --ckpt RUN.ckpt --out DIR`` writes a trained encoder
-(:mod:`contrastive.export`), as every ``fit`` does into its run folder at the end.
+Without ``--trainer.precision`` a run takes the faster precision for its model on its device,
+measured once and cached (:mod:`contrastive.precision`). A typed mistake ends in one line and
+exit status 2 (:mod:`contrastive.cli_errors`); ``--help`` prints the full usage.
+``contrastive --help`` lists every subcommand (:data:`SUBCOMMANDS`): Lightning's four and the
+tools, each with its own parser: ``embed``/``similar`` (:mod:`contrastive.explore`), ``export``,
+``probe`` (:mod:`contrastive.evaluation.probe`) and ``data nga|triplets`` (:data:`DATA_TOOLS`).
+Every option is spelled with underscores, as Lightning's.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 from argparse import ArgumentError
 from pathlib import Path
 
-import torch
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import (
     ArgsType,
@@ -53,9 +50,9 @@ from contrastive.cli_errors import one_line
 from contrastive.datamodules.common import DataError
 from contrastive.export import ExportEncoder
 from contrastive.methods import ContrastiveMethod, NonFiniteError
+from contrastive.precision import choose_precision, device_for, device_name
+from contrastive.runs import NoRunError, latest_run
 
-# Subcommands outside LightningCLI, for looking at a trained embedding (contrastive/explore.py).
-INSPECT_COMMANDS = ("embed", "similar")
 # Lightning's own names for --ckpt_path, resolved by the Trainer (``last`` is resolved here).
 SPECIAL_CKPT_PATHS = ("best", "hpc", "registry")
 
@@ -65,7 +62,14 @@ class RunError(ValueError):
 
 
 #: Errors whose message is already the one line the user sees (exit status 2).
-ONE_LINE_ERRORS = (RunError, UnknownBackboneError, BackboneWeightsError, DataError, CheckpointError)
+ONE_LINE_ERRORS = (
+    RunError,
+    UnknownBackboneError,
+    BackboneWeightsError,
+    DataError,
+    CheckpointError,
+    NoRunError,
+)
 
 
 @rank_zero_only
@@ -172,12 +176,10 @@ class ContrastiveCLI(LightningCLI):
             check_backbone_name(backbone)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last":
-            config.ckpt_path = str(_resume_latest_run(config.trainer, self.subcommand))
+            config.ckpt_path = str(_resume_latest_run(config, self.subcommand))
         elif ckpt_path not in (None, *SPECIAL_CKPT_PATHS) and "://" not in str(ckpt_path):
             if not Path(ckpt_path).expanduser().is_file():
                 raise RunError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
-        if config.get("trainer.precision") is None:  # not chosen by the config or the user
-            config.trainer.precision = fastest_precision(config.get("trainer.accelerator"))
 
     def instantiate_classes(self) -> None:
         try:
@@ -187,10 +189,24 @@ class ContrastiveCLI(LightningCLI):
             raise RunError(one_line(err, [], ONE_LINE_ERRORS)) from err
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("trainer.precision") is None:  # not chosen by the config or the user
+            config.trainer.precision = kwargs["precision"] = self._fastest_precision(config)
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+    def _fastest_precision(self, config) -> str:
+        """The faster precision for this model on this device, measured once and cached
+        (:mod:`contrastive.precision`), on the data's image size and batch size."""
+        device = device_for(config.get("trainer.accelerator"))
+        data = dict(getattr(self.datamodule, "hparams", None) or {})
+        size = data.get("image_size") or self.model.backbone.preprocessing.image_size
+        choice = choose_precision(self.model, device, size, data.get("batch_size") or 256)
+        if choice.source != "the only candidate":
+            say(choice.describe(device_name(device)))
+        return choice.precision
 
     def before_fit(self) -> None:
         say(f"run folder: {self.trainer.log_dir}")
@@ -200,36 +216,19 @@ class ContrastiveCLI(LightningCLI):
         say(f"run folder: {self.trainer.log_dir} (last checkpoint: {last})")
 
 
-def fastest_precision(accelerator: object) -> str:
-    """``"bf16-mixed"`` where the run may use a CUDA GPU with bf16, ``"32-true"`` elsewhere.
-
-    On CPUs float32 is kept whatever the CPU: bf16 autocast made the shapes configs' small CNN
-    7-12x slower even on a CPU with ``avx512_bf16`` (BENCHMARKS.md), while ResNets there gain
-    from it; pass ``--trainer.precision bf16-mixed`` for those.
-    """
-    on_gpu = accelerator in (None, "auto", "gpu", "cuda")
-    if on_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
-
-
-def _resume_latest_run(trainer_config, subcommand: str | None) -> Path:
-    """Point the logger at the latest run with a checkpoint and return what to load from it:
-    its ``last.ckpt`` if that loads, else its newest step checkpoint that does."""
-    logger = trainer_config.get("logger")
-    init = getattr(logger, "init_args", None)
-    if init is None or init.get("save_dir") is None:
-        raise RunError("--ckpt_path last needs a logger with a save_dir to find earlier runs")
-    root = Path(init.save_dir) / (init.get("name") or "")
-    versions = [p for p in root.glob("version_*") if any((p / "checkpoints").glob("*.ckpt"))]
-    if not versions:
-        raise RunError(f"--ckpt_path last: no earlier run with checkpoints under {root}")
-    latest = max(versions, key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
-    path, step, note = resume_checkpoint(latest / "checkpoints")
+def _resume_latest_run(config, subcommand: str | None) -> Path:
+    """Point the logger at the latest run with a checkpoint (:func:`contrastive.runs.latest_run`,
+    any logger's layout) and return what to load from it: its ``last.ckpt`` if that loads,
+    else its newest step checkpoint that does."""
+    run = latest_run(config.trainer, config.get("checkpoint.dirpath"))
+    path, step, note = resume_checkpoint(run.checkpoints)
     if note:
         say(f"warning: --ckpt_path last: {note}")
     say(f"{'resuming' if subcommand == 'fit' else 'loading'} {path} (step {step})")
-    init.version = latest.name
+    if run.logger_key is not None:  # log into the same run
+        logger = config.trainer.logger
+        logger = logger[0] if isinstance(logger, list) else logger
+        logger.init_args[run.logger_key] = run.logger_value
     return path
 
 
@@ -238,22 +237,133 @@ _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
 def typed_class_paths(argv: list[str]) -> list[str]:
     """Dotted names the user typed: command-line values and the ``class_path`` entries of the
-    ``--config`` files named (the classes a run may import from the working folder)."""
+    ``--config`` files named, or of a config given as text (the classes a run may import from
+    the working folder)."""
     found = []
     for i, arg in enumerate(argv):
         value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
         found.append(value)
         is_config = arg in ("--config", "-c") or arg.startswith("--config=")
         config = argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else value
-        if is_config and Path(config).is_file():
-            text = Path(config).read_text(errors="replace")
-            found += re.findall(r"class_path:\s*['\"]?([\w.]+)", text)
+        if is_config:
+            try:
+                text = Path(config).read_text(errors="replace")
+            except OSError:  # not a file: jsonargparse reads the value as the config itself
+                text = config
+            found += re.findall(r"class_path['\"]?:\s*['\"]?([\w.]+)", text)
     return [v for v in found if _DOTTED.match(v)]
 
 
 def _fail(message: str, status: int) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(status)
+
+
+def run_lightning(args: list[str]) -> ContrastiveCLI:
+    """``contrastive fit|validate|test|predict ARGS``, raising what :func:`main` reports.
+
+    The one way a run starts, from the command line and from :func:`contrastive.fit`.
+
+    Raises:
+        RunError: and the other :data:`ONE_LINE_ERRORS`: a typed mistake, in one line.
+        NonFiniteError: the loss or the weights stopped being finite.
+    """
+    # Like `python -m`, --model my_pkg.MyMethod finds my_pkg in the working folder; the folder
+    # goes on the import path only for such a class the user typed.
+    allow_working_folder(typed_class_paths(args))
+    args = start_from_defaults(model_from_checkpoint(args))  # --data CLASS: its own defaults
+    return ContrastiveCLI(args=args)
+
+
+def model_from_checkpoint(args: list[str]) -> list[str]:
+    """``validate|test|predict --ckpt_path FILE`` with neither ``--model`` nor ``--config``:
+    ``--model`` the checkpoint's method, when it is one of ``contrastive``'s (a class from
+    elsewhere is named by the user, which trusts its module)."""
+    flags = [a.split("=", 1)[0] for a in args]
+    if not args or args[0] not in ("validate", "test", "predict"):
+        return args
+    if {"--model", "--config", "-c"} & set(flags) or "--ckpt_path" not in flags:
+        return args
+    i = flags.index("--ckpt_path")
+    path = args[i].split("=", 1)[1] if "=" in args[i] else (args[i + 1 : i + 2] or [""])[0]
+    if not Path(path).is_file():
+        return args  # Lightning's names (best, last) and missing files are reported later
+    hparams = read_checkpoint(path, f"--ckpt_path {path}").get("hyper_parameters") or {}
+    class_path = hparams.get("_class_path") if isinstance(hparams, dict) else None
+    if isinstance(class_path, str) and class_path.startswith("contrastive."):
+        return [*args, f"--model={class_path}"]
+    return args
+
+
+def _run_explore(argv: list[str]) -> None:
+    from contrastive.explore import main as explore_main  # PIL and drawing: only when asked
+
+    explore_main(argv)
+
+
+def _run_export(argv: list[str]) -> None:
+    from contrastive.export import main as export_main
+
+    export_main(argv[1:])
+
+
+def _run_probe(argv: list[str]) -> None:
+    from contrastive.evaluation.probe import main as probe_main  # the linear probe command
+
+    probe_main(argv[1:])
+
+
+#: ``contrastive data <tool>``: each a module with ``main(argv) -> int``.
+DATA_TOOLS = {"nga": "contrastive.tools.nga", "triplets": "contrastive.tools.triplets"}
+
+
+def _run_data(argv: list[str]) -> None:
+    import importlib
+
+    tool = argv[1] if len(argv) > 1 else None
+    if tool not in DATA_TOOLS:
+        usage = f"usage: contrastive data {{{','.join(DATA_TOOLS)}}} [-h] ..."
+        if tool in ("-h", "--help"):
+            print(usage)
+            raise SystemExit(0)
+        problem = "name a data tool" if tool is None else f"unknown data tool {tool!r}"
+        print(f"{usage}\nerror: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    status = importlib.import_module(DATA_TOOLS[tool]).main(list(argv[2:]))
+    if status:
+        raise SystemExit(status)
+
+
+#: Every subcommand, as ``contrastive --help`` lists it: LightningCLI's (``None``: run by
+#: :func:`run_lightning`) and the tools, each run with the whole command line.
+SUBCOMMANDS = {
+    "fit": ("train a method: --config X.yaml, --model, --data, --trainer.*", None),
+    "validate": ("the validation metrics of a checkpoint (--ckpt_path)", None),
+    "test": ("the trained-vs-random-init table of a checkpoint (--ckpt_path)", None),
+    "predict": ("the embeddings of the test split (--ckpt_path)", None),
+    "embed": ("write the embeddings of a set of images", _run_explore),
+    "similar": ("draw the most similar pairs of images, or an image's neighbours", _run_explore),
+    "export": ("write a trained encoder to a folder (safetensors or ONNX)", _run_export),
+    "probe": ("the kNN and linear-probe report of a checkpoint on any data", _run_probe),
+    "data": (f"data tools: {', '.join(DATA_TOOLS)} (contrastive data TOOL --help)", _run_data),
+}
+
+
+def usage() -> str:
+    """What ``contrastive --help`` prints: every subcommand and the flag style."""
+    width = max(map(len, SUBCOMMANDS))
+    lines = [
+        f"usage: contrastive {{{','.join(SUBCOMMANDS)}}} ...",
+        "",
+        "Contrastive and self-supervised representation learning on PyTorch Lightning.",
+        "",
+        "subcommands (contrastive SUBCOMMAND --help lists its options):",
+        *(f"  {name:<{width}}  {text}" for name, (text, _) in SUBCOMMANDS.items()),
+        "",
+        "Options are spelled with underscores, as Lightning's (--ckpt_path, --trainer.max_epochs,",
+        "--batch_size); the tools also read --batch-size as --batch_size.",
+    ]
+    return "\n".join(lines)
 
 
 def main(args: ArgsType = None) -> None:
@@ -263,44 +373,20 @@ def main(args: ArgsType = None) -> None:
     143 stopped by SIGTERM or Ctrl-C (``last.ckpt`` written).
     """
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in INSPECT_COMMANDS:
-        from contrastive.explore import main as explore_main  # PIL and drawing: only when asked
-
-        explore_main(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        raise SystemExit(0 if argv else 2)
+    command = argv[0]
+    if command not in SUBCOMMANDS and not command.startswith("-"):
+        close = difflib.get_close_matches(command, list(SUBCOMMANDS), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        _fail(f"unknown subcommand {command!r}{hint} (contrastive --help lists them)", 2)
+    tool = SUBCOMMANDS.get(command, (None, None))[1]
+    if tool is not None:
+        tool(argv)
         return
-    if argv and argv[0] == "export":
-        from contrastive.export import main as export_main
-
-        export_main(argv[1:])
-        return
-    if argv and argv[0] == "probe":
-        from contrastive.evaluation.probe import main as probe_main  # the linear probe command
-
-        probe_main(argv[1:])
-        return
-    if argv and argv[0] == "data":
-        # Data tools: `contrastive data <tool> ...`, each a module with main(argv) -> int.
-        import importlib
-
-        data_tools = {"nga": "contrastive.tools.nga", "triplets": "contrastive.tools.triplets"}
-        tool = argv[1] if len(argv) > 1 else None
-        if tool not in data_tools:
-            usage = f"usage: contrastive data {{{','.join(data_tools)}}} [-h] ..."
-            if tool in ("-h", "--help"):
-                print(usage)
-                raise SystemExit(0)
-            problem = "name a data tool" if tool is None else f"unknown data tool {tool!r}"
-            print(f"{usage}\nerror: {problem}", file=sys.stderr)
-            raise SystemExit(2)
-        status = importlib.import_module(data_tools[tool]).main(list(argv[2:]))
-        if status:
-            raise SystemExit(status)
-        return
-    # Like `python -m`, --model my_pkg.MyMethod finds my_pkg in the working folder; the folder
-    # goes on the import path only for such a class the user typed.
-    allow_working_folder(typed_class_paths(argv))
     try:
-        ContrastiveCLI(args=start_from_defaults(argv))  # --data CLASS: that class's defaults
+        run_lightning(argv)
     except ONE_LINE_ERRORS as err:
         _fail(str(err), 2)
     except NonFiniteError as err:

@@ -7,10 +7,14 @@ class being configured, and the root cause (an unknown option, a wrong type, a m
 a value a class refused), and says it in one line with close matches where they help. An error
 of the project's own that is already one line (a :class:`~contrastive.datamodules.common.DataError`,
 a checkpoint error, ...) anywhere in the chain is used as it is.
+
+The tools outside LightningCLI (``embed``, ``similar``, ``export``, ``data ...``) parse with
+:class:`ToolParser`: the same one-line errors, and options spelled as LightningCLI's.
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib
 import inspect
@@ -28,6 +32,7 @@ _NO_ATTRIBUTE = re.compile(r"module '([\w.]+)' has no attribute '(\w+)'")
 _SHORT_NAME = re.compile(r"Expected a dot import path string: (\S+)")
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)")
 _NO_FILE = re.compile(r"File does not exist: '?([^']+)'?")
+_GROUP_OPTION = re.compile(r"(Group|Subcommand) '([\w.]+)' does not accept option '([^']+)'")
 
 # What a key takes, for the "did you mean" of an unknown class name: the package whose
 # classes it lists, and what to call one.
@@ -35,6 +40,33 @@ _KINDS = {
     "model": ("contrastive.methods", "method"),
     "data": ("contrastive.datamodules", "data module"),
 }
+
+
+class ToolParser(argparse.ArgumentParser):
+    """The tools' argument parser: options in LightningCLI's spelling, mistakes in one line.
+
+    Lightning fixes the spelling of its options (``--ckpt_path``, ``--trainer.max_epochs``),
+    so every option of every subcommand is written with underscores (``--batch_size``,
+    ``--trust_module``), which ``--help`` shows; the hyphenated spelling (``--batch-size``) is
+    read as the same option. A mistake prints ``error: PROG: ...`` and exits with status 2.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([underscored(a) for a in args], namespace)
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def underscored(arg: str) -> str:
+    """``--batch-size=8`` -> ``--batch_size=8``: an option's name in LightningCLI's spelling;
+    its value, and anything that is not a ``--`` option, unchanged."""
+    if not arg.startswith("--"):
+        return arg
+    name, equals, value = arg.partition("=")
+    return "--" + name[2:].replace("-", "_") + equals + value
 
 
 def chain(error: BaseException) -> list[BaseException]:
@@ -75,10 +107,13 @@ def one_line(error: BaseException, argv: list[str], own: tuple[type, ...] = (), 
         return _yaml_error(argv)
     if match := _UNRECOGNIZED.search(text):
         return _unrecognized(match.group(1), argv, parser)
+    if match := _GROUP_OPTION.search(text):  # a key of a config (a JSON one from the API)
+        kind, group, option = match.groups()
+        return _unrecognized(f"--{group + '.' if kind == 'Group' else ''}{option}", argv, parser)
+    if match := _OPTION.search(text):  # before a missing file: jsonargparse tries a config
+        return _unknown_option(key, match.group(1), classes)  # given as text as a path first
     if match := _NO_FILE.search(text):
         return f"{key or '--config'} {match.group(1)}: no such file"
-    if match := _OPTION.search(text):
-        return _unknown_option(key, match.group(1), classes)
     if match := _NO_ATTRIBUTE.search(text):
         module, name = match.groups()
         return _unknown_class(key, f"{module}.{name}", module, name, keys)

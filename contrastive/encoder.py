@@ -33,7 +33,7 @@ class Encoder(nn.Module):
     """A backbone with the normalisation its weights expect: uint8 images in, features out.
 
     What :func:`load_encoder` returns; also how a registry backbone is embedded with as it is
-    (``contrastive similar --compare-ckpt timm:NAME``).
+    (``contrastive similar --compare_ckpt timm:NAME``).
 
     Args:
         backbone: normalised float images ``(B, C, H, W)`` -> ``(B, num_features)``.

@@ -6,11 +6,11 @@
 (or the nearest neighbours of ``--query IMG``) as a labelled PNG grid and prints them as a
 table; images identical as embedded (cosine 1 from the same pixels) are reported apart, as
 groups, and not ranked. Files are read as the checkpoint's data module read them in training
-(its size, centre crop or letterbox, pixel limit; ``--image-size``, ``--resize`` and
-``--max-pixels`` override). The images and their embedding are in :mod:`contrastive.collection`,
+(its size, centre crop or letterbox, pixel limit; ``--image_size``, ``--resize`` and
+``--max_pixels`` override). The images and their embedding are in :mod:`contrastive.collection`,
 the pair search and the grid in :mod:`contrastive.pairs`. Checkpoints load through
 :func:`contrastive.checkpoints.load_method`: a class outside ``contrastive`` needs
-``--trust-module``. The output location is checked before any work, and nothing is
+``--trust_module``. The output location is checked before any work, and nothing is
 overwritten without ``--overwrite``.
 """
 
@@ -27,8 +27,10 @@ import torch
 from PIL import Image
 
 from contrastive.checkpoints import CheckpointError, add_trust_argument, load_method
+from contrastive.cli_errors import ToolParser
 from contrastive.collection import (
     DEFAULT_IMAGE_SIZE,
+    Embeddings,
     ExploreError,
     ImageSource,
     _first,
@@ -54,21 +56,21 @@ from contrastive.pairs import (
 def load_compare_model(
     spec: str, pretrained: str | None, device: torch.device, trusted: list[str] = ()
 ):
-    """The ``--compare-ckpt`` model: a checkpoint, or a backbone from the registry
-    (``open_clip:ViT-B-32`` with ``--compare-pretrained laion2b_s34b_b79k``, ``timm:NAME``).
+    """The ``--compare_ckpt`` model: a checkpoint, or a backbone from the registry
+    (``open_clip:ViT-B-32`` with ``--compare_pretrained laion2b_s34b_b79k``, ``timm:NAME``).
 
     Returns:
         ``(model with .embed, how it reads images)``.
     """
     if Path(spec).expanduser().is_file() or spec.endswith(".ckpt"):
-        return load_method(spec, device, trusted, what="--compare-ckpt")
+        return load_method(spec, device, trusted, what="--compare_ckpt")
     from contrastive.backbones import BackboneWeightsError, UnknownBackboneError, create_backbone
 
     weights: bool | str = {None: False, "true": True}.get(pretrained, pretrained)
     try:
         model = Encoder(create_backbone(spec, pretrained=weights))
     except (UnknownBackboneError, BackboneWeightsError) as err:
-        raise ExploreError(f"--compare-ckpt {spec}: {err}") from None
+        raise ExploreError(f"--compare_ckpt {spec}: {err}") from None
     return model.eval().to(device), Reading(model.image_size)
 
 
@@ -104,7 +106,7 @@ class _Loaded(NamedTuple):
 
 
 def _load(args, ckpt: str, device: torch.device, compare: bool = False) -> _Loaded:
-    """The model of ``--ckpt`` (or ``--compare-ckpt``) and how it reads images: as its training
+    """The model of ``--ckpt`` (or ``--compare_ckpt``) and how it reads images: as its training
     data did, but for what the command line sets."""
     if compare:
         model, trained = load_compare_model(ckpt, args.compare_pretrained, device, args.trust)
@@ -143,19 +145,26 @@ def _embed_with(args, loaded: _Loaded, device: torch.device, source: ImageSource
     return emb, source
 
 
-def run_embed(args: argparse.Namespace) -> None:
+def embed_images(args: argparse.Namespace) -> Embeddings:
+    """What ``contrastive embed`` computes: the images of ``--images`` embedded by ``--ckpt``."""
+    device = resolve_device(args.device)
+    emb, _ = _embed_with(args, _load(args, args.ckpt, device), device)
+    return emb
+
+
+def run_embed(args: argparse.Namespace) -> Embeddings:
     """``contrastive embed``: write ``OUT`` (float32 ``(N, D)``) and ``OUT.ids.jsonl``."""
     out = Path(args.out)
     ids_path = out.with_suffix(".ids.jsonl")
     for path in (out, ids_path):
         check_output(path, args.overwrite)
-    device = resolve_device(args.device)
-    emb, _ = _embed_with(args, _load(args, args.ckpt, device), device)
+    emb = embed_images(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "wb") as f:  # np.save on a file object keeps the name as given
         np.save(f, emb.z.numpy().astype(np.float32))
     write_ids(ids_path, emb.ids)
     print(f"wrote {out} {tuple(emb.z.shape)} and {ids_path}", file=sys.stderr)
+    return emb
 
 
 def run_similar(args: argparse.Namespace) -> list[dict]:
@@ -177,7 +186,9 @@ def run_similar(args: argparse.Namespace) -> list[dict]:
     if args.query is None:
         use_faiss = args.search == "faiss" or (args.search == "auto" and faiss_available())
         if args.search == "faiss" and not faiss_available():
-            raise ExploreError("--search faiss: faiss is not installed (pip install faiss-cpu)")
+            raise ExploreError(
+                "--search faiss: faiss is not installed (pip install 'contrastive[faiss]')"
+            )
         # Identical images (cosine 1 from the same pixels) are reported apart; the ranking
         # sees one of each, so repeated or degenerate files do not fill the picture.
         duplicates = emb.duplicates()
@@ -224,7 +235,7 @@ def run_similar(args: argparse.Namespace) -> list[dict]:
             zb = other[other_rows[row["b"]]] if row["b"] in other_rows else None
             row["compare_similarity"] = None if zb is None else float(za @ zb)
             value = "n/a" if zb is None else f"{row['compare_similarity']:+.4f}"
-            lines.append(f"cos {value}  --compare-ckpt {shorten(args.compare_ckpt, 28)}")
+            lines.append(f"cos {value}  --compare_ckpt {shorten(args.compare_ckpt, 28)}")
         row["lines"] = lines
         rows.append(row)
 
@@ -273,15 +284,9 @@ def _print_table(rows: list[dict], compare: bool) -> None:
 # ---- argument parsing ---------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2, like the rest of the CLI
-        print(f"error: {self.prog}: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="contrastive", description="Inspect a trained embedding.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = ToolParser(prog="contrastive", description="Inspect a trained embedding.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ToolParser)
     embed = commands.add_parser("embed", help="write the embeddings of a set of images")
     similar = commands.add_parser("similar", help="draw the most similar pairs of images")
     for sub in (embed, similar):
@@ -294,11 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
             "shapes:N",
         )
         sub.add_argument("--out", required=True)
-        sub.add_argument("--batch-size", type=int, default=256)
-        sub.add_argument("--num-workers", type=int, default=0)
+        sub.add_argument("--batch_size", type=int, default=256)
+        sub.add_argument("--num_workers", type=int, default=0)
         sub.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
         sub.add_argument(
-            "--image-size", type=int, default=None, help="default: the training size, else 224"
+            "--image_size", type=int, default=None, help="default: the training size, else 224"
         )
         sub.add_argument(
             "--resize",
@@ -308,29 +313,29 @@ def build_parser() -> argparse.ArgumentParser:
             "the checkpoint's data module, else crop)",
         )
         sub.add_argument(
-            "--max-pixels",
+            "--max_pixels",
             type=int,
             default=None,
             help="larger images are skipped as possible decompression bombs (default: the "
             "checkpoint's data module's limit, else 89478485)",
         )
         sub.add_argument("--overwrite", action="store_true")
-        sub.add_argument("--no-progress", action="store_true")
+        sub.add_argument("--no_progress", action="store_true")
     similar.add_argument("--top", type=int, default=16)
     similar.add_argument("--query", default=None, help="an image: its neighbours, not pairs")
     similar.add_argument(
-        "--compare-ckpt",
+        "--compare_ckpt",
         default=None,
         help="a second model's similarities: a checkpoint, or a backbone from the registry "
-        "such as open_clip:ViT-B-32 (with --compare-pretrained) or timm:NAME",
+        "such as open_clip:ViT-B-32 (with --compare_pretrained) or timm:NAME",
     )
     similar.add_argument(
-        "--compare-pretrained",
+        "--compare_pretrained",
         default=None,
-        help="weights of a registry --compare-ckpt: an open_clip tag (laion2b_s34b_b79k), a "
+        help="weights of a registry --compare_ckpt: an open_clip tag (laion2b_s34b_b79k), a "
         "local file, or true for the default",
     )
-    similar.add_argument("--chunk-size", type=int, default=4096, help="rows scored at once")
+    similar.add_argument("--chunk_size", type=int, default=4096, help="rows scored at once")
     similar.add_argument(
         "--search",
         choices=["auto", "torch", "faiss"],

@@ -5,7 +5,7 @@
 and the logit scale) and a ``config.json`` describing it: registry name and kwargs, the mean,
 std and image size it was trained with, its embedding width, and the method and configuration
 it came from. ``--format onnx`` writes ``encoder.onnx`` instead: uint8 images in, features out,
-the normalisation inside. ``--wise-ft ALPHA`` interpolates the weights with those it started
+the normalisation inside. ``--wise_ft ALPHA`` interpolates the weights with those it started
 from (WiSE-FT). Every ``fit`` exports its final encoder into its run folder
 (:class:`ExportEncoder`).
 
@@ -38,6 +38,7 @@ from contrastive.backbones import (
     create_backbone,
 )
 from contrastive.checkpoints import add_trust_argument
+from contrastive.cli_errors import ToolParser
 from contrastive.encoder import (
     CONFIG,
     FILES,
@@ -93,7 +94,7 @@ def export_encoder(
                 f"--format onnx needs {' and '.join(missing)}: pip install 'contrastive[onnx]'"
             )
     if wise_ft_base is not None and wise_ft is None:
-        raise ExportError("--wise-ft-base needs --wise-ft ALPHA")
+        raise ExportError("--wise_ft_base needs --wise_ft ALPHA")
     if wise_ft is not None:
         check_alpha(wise_ft)
     wise_ft_base = wise_ft_base or "pretrained"
@@ -296,19 +297,19 @@ def wise_ft_base_parts(spec: str, method: LightningModule) -> dict[str, dict[str
     """The weights WiSE-FT interpolates towards: ``"pretrained"`` rebuilds the backbone as the
     run's config did before training; otherwise ``spec`` is a checkpoint."""
     if spec != "pretrained":
-        base, _ = load_checkpoint(spec, what="--wise-ft-base")
+        base, _ = load_checkpoint(spec, what="--wise_ft_base")
         return encoder_parts(base)
     name = method.hparams.get("backbone")
     kwargs = dict(method.hparams.get("backbone_kwargs") or {})
     if not kwargs.get("pretrained") and kwargs.get("checkpoint") is None:
         raise ExportError(
-            f"--wise-ft-base pretrained: the backbone '{name}' was trained from random init (no "
+            f"--wise_ft_base pretrained: the backbone '{name}' was trained from random init (no "
             "pretrained or checkpoint in backbone_kwargs); pass a checkpoint to interpolate with"
         )
     try:
         return {"backbone": _tensors(create_backbone(name, **kwargs).state_dict())}
     except (BackboneWeightsError, UnknownBackboneError, FileNotFoundError, RuntimeError) as err:
-        raise ExportError(f"--wise-ft-base pretrained: {err}") from None
+        raise ExportError(f"--wise_ft_base pretrained: {err}") from None
 
 
 def load_checkpoint(ckpt, trusted=(), what: str = "--ckpt") -> tuple[LightningModule, dict]:
@@ -335,6 +336,8 @@ class ExportEncoder(Callback):
     ``embed`` is not its backbone's features) gets a warning, and the run ends as usual.
     """
 
+    exported: Path | None = None  # the folder written at the end of the last fit
+
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
             return
@@ -349,30 +352,27 @@ class ExportEncoder(Callback):
         except ExportError as err:
             rank_zero_warn(f"the final encoder was not exported: {err}")
             return
-        rank_zero_info(
-            f"exported the final encoder to {out} (load it with contrastive.load_encoder)"
-        )
+        self.exported = out
+        rank_zero_info(f"exported the final encoder to {out} (contrastive.load_encoder loads it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from contrastive.explore import _Parser
-
-    parser = _Parser(prog="contrastive export", description="Write a trained encoder to a folder.")
+    parser = ToolParser(prog="contrastive export", description="Write an encoder to a folder.")
     parser.add_argument("--ckpt", required=True, help="a checkpoint of a ContrastiveMethod")
     add_trust_argument(parser)
     parser.add_argument("--out", required=True, help="a new or empty folder")
     parser.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors")
     parser.add_argument(
-        "--wise-ft",
+        "--wise_ft",
         type=float,
         default=None,
         metavar="ALPHA",
         help="WiSE-FT: (1 - ALPHA) * base + ALPHA * fine-tuned weights",
     )
     parser.add_argument(
-        "--wise-ft-base",
+        "--wise_ft_base",
         default=None,
-        help="the base of --wise-ft: pretrained (what the backbone started from; the default) "
+        help="the base of --wise_ft: pretrained (what the backbone started from; the default) "
         "or a checkpoint",
     )
     parser.add_argument("--overwrite", action="store_true")

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from contrastive.backbones import UnknownBackboneError, fetching
+from contrastive.backbones import OpenCLIPWeights, UnknownBackboneError, fetching
 
 # Hub names with a copy inside a pip package (whose get_model_path() gives the folder).
 _BUNDLED = {
@@ -39,10 +39,17 @@ class TextTower(nn.Module):
     Attributes:
         num_features: ``D``, the width of the embeddings ``forward`` returns.
         tokenizer: ``list[str] -> tokens``, picklable; its output is what ``forward`` takes.
+        config: how to build it again, ``{"class_path": ..., "init_args": ...}`` (what a
+            method built in Python saves in its checkpoint, as a config would give it).
     """
 
     num_features: int
     tokenizer: Any
+    config: dict | None = None
+
+    def _record(self, **init_args: Any) -> None:
+        cls = type(self)
+        self.config = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
 
     def forward(self, tokens: Any) -> Tensor:  # tokens -> (B, D)
         raise NotImplementedError(f"{type(self).__name__} must implement forward(tokens)")
@@ -86,6 +93,15 @@ class OpenCLIPText(TextTower):
         context_length: int | None = None,
     ) -> None:
         super().__init__()
+        self._record(
+            model=model,
+            pretrained=pretrained,
+            embed_dim=embed_dim,
+            width=width,
+            layers=layers,
+            heads=heads,
+            context_length=context_length,
+        )
         import open_clip  # the [text] extra, imported only when a tower is built
         from open_clip.model import CLIPTextCfg, _build_text_tower
 
@@ -146,6 +162,38 @@ def _pretrained_text_tower(model: str, pretrained: str, context_length: int | No
     return tower
 
 
+def pretrained_pair(
+    backbone: nn.Module,
+    text_tower: TextTower,
+    embed_dim: int | None,
+    init_temperature: float | None,
+) -> OpenCLIPWeights | None:
+    """The pretrained open_clip model both of CLIP's towers come from (``open_clip:NAME`` with
+    weights, and :class:`OpenCLIPText` of the same name and weights), else ``None``.
+
+    Raises:
+        ValueError: ``embed_dim`` or ``init_temperature`` would replace what the pair learnt.
+    """
+    weights = getattr(backbone, "open_clip_weights", None)
+    if weights is None or not isinstance(text_tower, OpenCLIPText):
+        return None
+    text = text_tower.config["init_args"]
+    if (text.get("model"), str(text.get("pretrained"))) != (weights.model, weights.pretrained):
+        return None
+    width = text_tower.num_features
+    name = f"open_clip:{weights.model} ({weights.pretrained})"
+    if embed_dim not in (None, width):
+        raise ValueError(
+            f"the towers are {name}, whose projections into its {width}-d joint space are kept; "
+            f"embed_dim {embed_dim} would replace them with random ones: set embed_dim to null"
+        )
+    if init_temperature is not None:
+        raise ValueError(
+            f"the towers are {name}, whose learnt logit scale is kept; leave init_temperature unset"
+        )
+    return weights
+
+
 class HFTokenizer:
     """A Hugging Face tokenizer as ``list[str] -> dict`` of padded ``(B, L)`` tensors."""
 
@@ -185,6 +233,7 @@ class SentenceTransformerText(TextTower):
         max_seq_length: int | None = None,
     ) -> None:
         super().__init__()
+        self._record(model=model, max_seq_length=max_seq_length)
         from sentence_transformers import SentenceTransformer  # heavy: only when asked
 
         # Tokenizing in forked loader workers after the main process has: fine, and quiet.
@@ -268,6 +317,29 @@ def projections(
     return image, text
 
 
+def joint_space(
+    backbone: nn.Module,
+    tower: TextTower,
+    embed_dim: int | None,
+    text_projection: bool,
+    init_temperature: float | None,
+) -> tuple[nn.Module, nn.Module, float | None, float | None]:
+    """CLIP's image and text projections, and the log logit scale and logit bias they come with
+    (``None``: the method's own initial values).
+
+    Towers from one pretrained open_clip model (:func:`pretrained_pair`) already end in its
+    projections into its joint space: no new ones, and its learnt scale and bias, so that
+    fine-tuning starts from what the model knows. Otherwise new :func:`projections` into
+    ``embed_dim`` (the tower's width when ``None``).
+    """
+    pair = pretrained_pair(backbone, tower, embed_dim, init_temperature)
+    if pair is not None:
+        return nn.Identity(), nn.Identity(), pair.log_logit_scale, pair.logit_bias
+    width = embed_dim or tower.num_features
+    image, text = projections(backbone.num_features, tower, width, text_projection, "embed_dim")
+    return image, text, None, None
+
+
 def distinct_texts(texts: list[str] | tuple[str, ...]) -> tuple[list[str], Tensor]:
     """The distinct texts in order of first appearance, and each text's ``(N,)`` row among them."""
     rows: dict[str, int] = {}
@@ -314,7 +386,9 @@ __all__ = [
     "TextTower",
     "distinct_texts",
     "freeze",
+    "joint_space",
     "keep_frozen_eval",
+    "pretrained_pair",
     "projections",
     "resolve_sentence_transformer",
     "token_rows",

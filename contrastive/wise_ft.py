@@ -2,7 +2,7 @@
 
 Interpolating the weights a model was fine-tuned from with the fine-tuned ones keeps much of the
 base model's robustness under distribution shift at little cost in accuracy on the fine-tuning
-distribution. ``contrastive export --wise-ft ALPHA`` applies it (:mod:`contrastive.export`).
+distribution. ``contrastive export --wise_ft ALPHA`` applies it (:mod:`contrastive.export`).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def check_alpha(alpha: float) -> None:
     """Raise :class:`ExportError` unless ``0 <= alpha <= 1``."""
     if not 0.0 <= alpha <= 1.0:
         raise ExportError(
-            f"--wise-ft takes alpha in [0, 1] (1: the fine-tuned weights), got {alpha}"
+            f"--wise_ft takes alpha in [0, 1] (1: the fine-tuned weights), got {alpha}"
         )
 
 

@@ -9,6 +9,16 @@ import torch
 TINY = "Tiny-Test-ViT"
 
 
+@pytest.fixture(autouse=True)
+def _no_precision_measurement(tmp_path_factory, monkeypatch):
+    """A run without --trainer.precision times the precisions its device offers
+    (contrastive/precision.py): in the tests the CPU offers float32 alone, so nothing is timed
+    and every run is float32; the cache goes to a temporary folder. test_precision.py tests the
+    measurement, with a fake clock."""
+    monkeypatch.setattr("contrastive.precision.cpu_bf16", lambda *cpuinfo: False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A tiny open_clip model config, registered, and a checkpoint of it saved to disk: the

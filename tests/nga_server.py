@@ -31,13 +31,13 @@ IMAGE_COLUMNS = (
 
 FAST = [
     "--backoff=0.01",
-    "--max-backoff=0.05",
+    "--max_backoff=0.05",
     "--retries=2",
     "--timeout=10",
     "--workers=4",
-    "--progress-interval=0",
+    "--progress_interval=0",
     "--size=48",
-    "--max-image-mb=0.01",  # 10 KiB: the test JPEGs are about 1 KiB
+    "--max_image_mb=0.01",  # 10 KiB: the test JPEGs are about 1 KiB
 ]
 
 
@@ -168,8 +168,8 @@ class NGAServer:
     def args(self, root: Path) -> list[str]:
         return [
             f"--root={root}",
-            f"--csv-base-url={self.url}/data",
-            f"--image-base-url={self.url}/iiif",
+            f"--csv_base_url={self.url}/data",
+            f"--image_base_url={self.url}/iiif",
             *FAST,
         ]
 

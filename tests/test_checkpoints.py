@@ -131,9 +131,9 @@ def test_resume_last_never_unpickles_code(evil_pickle, marker, capsys):
 
 @pytest.mark.parametrize("command", ["embed", "similar", "compare"])
 def test_explore_never_unpickles_code(command, evil_pickle, marker, capsys):
-    args = ["--images", "shapes:4", "--no-progress", "--device", "cpu"]
+    args = ["--images", "shapes:4", "--no_progress", "--device", "cpu"]
     if command == "compare":
-        args = ["similar", "--ckpt", str(evil_pickle), "--compare-ckpt", str(evil_pickle), *args]
+        args = ["similar", "--ckpt", str(evil_pickle), "--compare_ckpt", str(evil_pickle), *args]
     else:
         args = [command, "--ckpt", str(evil_pickle), *args]
     err = refused(capsys, *args, "--out", "out.png")
@@ -213,14 +213,14 @@ def test_explore_imports_no_module_a_checkpoint_names(
     ckpt = ["--ckpt", str(path)]
     if command == "compare":
         ckpt = ["--ckpt", str(naming(real_ckpt, tmp_path, "temperature", 0.2)),
-                "--compare-ckpt", str(path)]  # fmt: skip
+                "--compare_ckpt", str(path)]  # fmt: skip
     args = ["similar" if command == "compare" else command, *ckpt, "--images", "shapes:4",
-            "--no-progress", "--device", "cpu"]  # fmt: skip
+            "--no_progress", "--device", "cpu"]  # fmt: skip
     err = refused(capsys, *args, "--out", "out.png")
-    assert f"{planted}.Model" in err and f"--trust-module {planted}" in err
+    assert f"{planted}.Model" in err and f"--trust_module {planted}" in err
     assert not marker.exists() and str(tmp_path) not in sys.path
     # the control: trusted by the user, it is imported (and its code runs)
-    main([*args, "--out", "trusted.png", "--trust-module", planted])
+    main([*args, "--out", "trusted.png", "--trust_module", planted])
     assert marker.exists()
     sys.path.remove(str(tmp_path))
 
@@ -250,7 +250,7 @@ def test_a_nested_class_path_is_refused_before_any_import(
 ):
     value = {"class_path": value["class_path"].format(m=planted)}
     path = naming(real_ckpt, tmp_path, where, value)
-    with pytest.raises(UntrustedModuleError, match=f"--trust-module {planted}"):
+    with pytest.raises(UntrustedModuleError, match=f"--trust_module {planted}"):
         load_method(path)
     assert not marker.exists()
 
@@ -279,14 +279,14 @@ def test_the_triplets_tool_imports_no_module_a_checkpoint_names(
     path = naming(real_ckpt, tmp_path, "_class_path", f"{planted}.Model")
     err = refused(capsys, "data", "triplets", "--images", str(images.parent), "--pairs",
                   "neighbors", "--ckpt", str(path), "--out", "t.jsonl")  # fmt: skip
-    assert f"--trust-module {planted}" in err
+    assert f"--trust_module {planted}" in err
     assert not marker.exists()
 
 
 def test_export_imports_no_module_a_checkpoint_names(real_ckpt, planted, marker, tmp_path, capsys):
     path = naming(real_ckpt, tmp_path, "_class_path", f"{planted}.Model")
     err = refused(capsys, "export", "--ckpt", str(path), "--out", "enc", code=1)
-    assert f"--trust-module {planted}" in err
+    assert f"--trust_module {planted}" in err
     assert not marker.exists()
 
 

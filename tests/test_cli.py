@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from contrastive.cli import fastest_precision, main
+from contrastive.cli import main
 from contrastive.methods import SimCLR
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
@@ -120,28 +121,10 @@ def test_every_shipped_config_fits_and_tests_through_the_cli(config, capsys):
           "shapes:4", "--out", "emb.npy"])  # fmt: skip
     assert np.load("emb.npy").shape[0] == 4
     assert (run_dir / "config.yaml").is_file() and (run_dir / "config_3.yaml").is_file()
-    if "--trainer.precision=32" not in tiny:  # the configs leave it to the CLI: float32 on CPU
+    if "--trainer.precision=32" not in tiny:  # the configs leave it to the CLI: measured, and
+        # here (conftest) one candidate: float32
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert saved["trainer"]["precision"] == "32-true"
-
-
-@pytest.mark.parametrize(
-    "accelerator, cuda, bf16, expected",
-    [
-        ("auto", True, True, "bf16-mixed"),
-        ("gpu", True, True, "bf16-mixed"),
-        (None, True, True, "bf16-mixed"),
-        ("cpu", True, True, "32-true"),  # a GPU is there, but the run asked for the CPU
-        ("auto", True, False, "32-true"),  # a GPU without bf16 (pre-Ampere)
-        ("auto", False, False, "32-true"),
-    ],
-)
-def test_an_unset_precision_is_the_fastest_for_the_hardware(
-    accelerator, cuda, bf16, expected, monkeypatch
-):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
-    assert fastest_precision(accelerator) == expected
 
 
 def test_a_precision_the_user_names_is_kept():
@@ -240,3 +223,74 @@ def test_fit_prints_its_run_folder_at_the_start_and_at_the_end(capsys):
         "run folder: runs/contrastive/version_1",
         f"run folder: runs/contrastive/version_1 (last checkpoint: {last})",
     ]
+
+
+# ---- the subcommands and the flag style -----------------------------------------------------
+
+
+def test_help_lists_every_subcommand_and_each_has_its_own_help(capsys):
+    from lightning.pytorch.cli import LightningCLI
+
+    from contrastive.cli import SUBCOMMANDS
+
+    with pytest.raises(SystemExit) as exit_info:
+        run("--help")
+    assert exit_info.value.code == 0
+    listed = re.findall(r"^  (\w+)  ", capsys.readouterr().out, flags=re.M)
+    assert listed == list(SUBCOMMANDS)
+    assert {"fit", "validate", "test", "predict", "embed", "similar", "export", "probe"} <= set(
+        listed
+    )
+    assert set(LightningCLI.subcommands()) <= set(listed)  # a Trainer method Lightning adds
+    for command in [*SUBCOMMANDS, "data nga", "data triplets"]:
+        with pytest.raises(SystemExit) as exit_info:
+            run(*command.split(), "--help")
+        assert exit_info.value.code == 0, command
+        assert "usage:" in capsys.readouterr().out, command
+
+
+@pytest.mark.parametrize(
+    "command", ["embed", "similar", "export", "probe", "data nga", "data triplets"]
+)
+def test_every_tool_option_is_spelled_with_underscores_as_lightnings(command, capsys):
+    with pytest.raises(SystemExit):
+        run(*command.split(), "--help")
+    options = set(re.findall(r"(?<![\w-])--[\w-]+", capsys.readouterr().out))
+    assert len(options) > 3 and not [o for o in options if "-" in o[2:]], options
+
+
+def test_a_hyphenated_option_is_read_as_the_same_option():
+    from contrastive.explore import build_parser
+
+    base = ["similar", "--ckpt", "a.ckpt", "--images", "d", "--out", "p.png"]
+    underscored = [*base, "--batch_size", "3", "--compare_ckpt=b.ckpt", "--no_progress"]
+    hyphenated = [*base, "--batch-size", "3", "--compare-ckpt=b.ckpt", "--no-progress"]
+    parsed = build_parser().parse_args(hyphenated)
+    assert parsed == build_parser().parse_args(underscored)
+    assert (parsed.batch_size, parsed.compare_ckpt, parsed.no_progress) == (3, "b.ckpt", True)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fitt"], "unknown subcommand 'fitt'; did you mean fit?"),
+        (["embedd", "--ckpt", "x"], "unknown subcommand 'embedd'; did you mean embed?"),
+        (
+            ["embed", "--ckpt", "x", "--images", "d", "--out", "o", "--batch-sise", "2"],
+            "unrecognized arguments: --batch_sise",
+        ),  # fmt: skip
+    ],
+)
+def test_a_mistyped_subcommand_or_option_is_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(*args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
+
+
+def test_no_subcommand_prints_the_list_and_fails(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2
+    assert "similar" in capsys.readouterr().err

@@ -86,7 +86,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 
 def embed_cli(ckpt: Path, images: Path, out: Path, *extra: str) -> tuple[np.ndarray, list[str]]:
     main(["embed", "--ckpt", str(ckpt), "--images", str(images), "--out", str(out),
-          "--device", "cpu", "--no-progress", *extra])  # fmt: skip
+          "--device", "cpu", "--no_progress", *extra])  # fmt: skip
     return np.load(out), read_ids(out.with_suffix(".ids.jsonl"))
 
 
@@ -127,7 +127,7 @@ def test_the_command_line_overrides_the_checkpoints_reading(trained, tmp_path, c
     wide = [n for n, i in enumerate(ids) if "wide_" in i]
     assert not np.allclose(z[wide], boxed[wide], atol=1e-3)  # a wide image: crop cuts it
     # The pixel limit: the 120x30 images (3600 pixels) are skipped, and said so.
-    z, ids = embed_cli(ckpt, folder, tmp_path / "small.npy", "--max-pixels", "3000")
+    z, ids = embed_cli(ckpt, folder, tmp_path / "small.npy", "--max_pixels", "3000")
     err = capsys.readouterr().err
     assert len(ids) == 30 and not any("wide_" in i for i in ids)
     assert "skipped 6 unreadable" in err and "too many pixels (120x30 > max_pixels 3000)" in err
@@ -148,7 +148,7 @@ def test_similar_reports_identical_images_apart_from_its_ranked_pairs(trained, t
         (folder / f"glyph_{k}_copy.png").write_bytes(art)
     (folder / "other.png").write_bytes(encoded(glyph(99), "PNG"))
     main(["similar", "--ckpt", str(ckpt), "--images", str(folder), "--top", "50",
-          "--out", str(tmp_path / "pairs.png"), "--device", "cpu", "--no-progress"])  # fmt: skip
+          "--out", str(tmp_path / "pairs.png"), "--device", "cpu", "--no_progress"])  # fmt: skip
     table, _, duplicates = capsys.readouterr().out.partition("\n\n")
     ranked = [line.split("\t")[2:] for line in table.splitlines()[1:]]
     groups = [line.split("\t")[1:] for line in duplicates.splitlines() if line.startswith("dup")]

@@ -157,9 +157,9 @@ def test_the_tool_describes_random_pairs_and_counts_what_failed(
     ]
     out = tmp_path / "described.jsonl"
     images = _image_set(tmp_path / "set", 12)
-    args = ["--images", images, "--pairs", "random", "--num-pairs", "8", "--out", out]
-    chat_args = ["--describer", "chat", "--base-url", chat.url, "--model", "vision-model"]
-    settings = ["--api-key-env", "TEST_API_KEY", "--timeout", "5", "--backoff", "0.01"]
+    args = ["--images", images, "--pairs", "random", "--num_pairs", "8", "--out", out]
+    chat_args = ["--describer", "chat", "--base_url", chat.url, "--model", "vision-model"]
+    settings = ["--api_key_env", "TEST_API_KEY", "--timeout", "5", "--backoff", "0.01"]
     assert _run(*args, *chat_args, *settings) == 0
     summary = capsys.readouterr().out
     # Whichever pair meets which answer on the 4 workers: six are described (two phrases
@@ -197,8 +197,8 @@ def _image_set(root: Path, n: int = 6) -> Path:
 def _args(chat: ChatServer, images: Path, out: Path, *extra: str) -> list:
     """Ten random pairs of six images, described by ``chat``."""
     return [
-        *("--images", images, "--pairs", "random", "--num-pairs", "10", "--out", out),
-        *("--describer", "chat", "--base-url", chat.url, "--model", "vision-model"),
+        *("--images", images, "--pairs", "random", "--num_pairs", "10", "--out", out),
+        *("--describer", "chat", "--base_url", chat.url, "--model", "vision-model"),
         *("--timeout", "30", "--backoff", "0.01", *extra),
     ]
 

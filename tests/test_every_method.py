@@ -26,6 +26,7 @@ from test_methods import _tiny_data, _trainer
 
 from contrastive import distributed, methods
 from contrastive.augment import MultiCropAugment
+from contrastive.checkpoints import load_method
 from contrastive.ema import ema_update
 from contrastive.methods import ContrastiveMethod, MomentumMethod
 
@@ -198,6 +199,9 @@ def test_a_checkpoint_round_trip_embeds_as_the_trained_model(name, tmp_path):
     loaded = METHODS[name].load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True).eval()
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     torch.testing.assert_close(loaded.embed(images), model.eval().embed(images))
+    # Built in Python, it loads through the commands' safe loader too (embed, export, ...).
+    safe, _ = load_method(tmp_path / "m.ckpt")
+    torch.testing.assert_close(safe.embed(images), model.embed(images))
     torch.testing.assert_close(_state(loaded), _state(model))  # queues, centers resume
 
 

@@ -71,7 +71,7 @@ def folder(tmp_path) -> Path:
 
 
 def _cli(*args: str) -> None:
-    main([*args, "--no-progress", "--device", "cpu"])
+    main([*args, "--no_progress", "--device", "cpu"])
 
 
 def test_embed_folder(ckpt, folder, tmp_path, capsys):
@@ -154,7 +154,7 @@ def test_similar_pairs_query_and_compare(ckpt, ckpt2, folder, tmp_path, capsys):
     out = tmp_path / "query.png"
     query = str(folder / "img2.png")
     _cli("similar", "--ckpt", str(ckpt), "--images", str(folder), "--query", query, "--top", "2",
-         "--out", str(out), "--compare-ckpt", str(ckpt2))  # fmt: skip
+         "--out", str(out), "--compare_ckpt", str(ckpt2))  # fmt: skip
     rows = _table(capsys.readouterr().out)
     assert len(rows) == 2 and len(rows[0]) == 5  # rank, cosine, compare, a, b
     assert rows[0][3] == query and rows[0][4] == str(folder / "sub/copy_of_img2.png")
@@ -204,12 +204,12 @@ def test_nearest_excludes_the_query_row():
 def test_similar_compares_with_a_clip_model_from_the_registry(
     ckpt, folder, tmp_path, capsys, tiny_checkpoint
 ):
-    """``--compare-ckpt open_clip:NAME --compare-pretrained WEIGHTS``: the second column is the
+    """``--compare_ckpt open_clip:NAME --compare_pretrained WEIGHTS``: the second column is the
     cosine of that model's image embeddings, at its own image size and normalisation."""
     model, weights = tiny_checkpoint
     out = tmp_path / "pairs.png"
     _cli("similar", "--ckpt", str(ckpt), "--images", str(folder), "--top", "2", "--out", str(out),
-         "--compare-ckpt", "open_clip:Tiny-Test-ViT", "--compare-pretrained", weights)  # fmt: skip
+         "--compare_ckpt", "open_clip:Tiny-Test-ViT", "--compare_pretrained", weights)  # fmt: skip
     rows = _table(capsys.readouterr().out)
     assert len(rows) == 2 and len(rows[0]) == 5
 
@@ -225,7 +225,7 @@ def test_similar_compares_with_a_clip_model_from_the_registry(
     assert float(rows[1][2]) == pytest.approx(float(a @ b), abs=0.02)  # resampling differs
     with pytest.raises(SystemExit):
         _cli("similar", "--ckpt", str(ckpt), "--images", str(folder), "--out",
-             str(tmp_path / "x.png"), "--compare-ckpt", "open_clip:ViT-B-23")  # fmt: skip
+             str(tmp_path / "x.png"), "--compare_ckpt", "open_clip:ViT-B-23")  # fmt: skip
     assert "close matches: open_clip:ViT-B-32" in capsys.readouterr().err
 
 

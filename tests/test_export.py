@@ -72,7 +72,7 @@ def folder(tmp_path_factory) -> Path:
 def _embed(ckpt: Path, folder: Path, out: Path) -> tuple[np.ndarray, torch.Tensor]:
     """``contrastive embed`` of ``folder``, and the same files as uint8 ``(N, 3, 32, 32)``."""
     main(["embed", "--ckpt", str(ckpt), "--images", str(folder), "--out", str(out),
-          "--device", "cpu", "--no-progress"])  # fmt: skip
+          "--device", "cpu", "--no_progress"])  # fmt: skip
     ids = read_ids(out.with_suffix(".ids.jsonl"))
     images = [np.asarray(Image.open(i).convert("RGB")) for i in ids]
     return np.load(out), torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
@@ -155,9 +155,9 @@ def test_export_never_overwrites_without_being_asked(cnn_run, tmp_path, capsys):
     "args, message",
     [
         (["--ckpt", "missing.ckpt"], "--ckpt: no checkpoint file at missing.ckpt"),
-        (["--wise-ft", "1.5"], "--wise-ft takes alpha in [0, 1]"),
-        (["--wise-ft-base", "pretrained"], "--wise-ft-base needs --wise-ft ALPHA"),
-        (["--wise-ft", "0.5"], "--wise-ft-base pretrained: the backbone 'small_cnn' was trained"),
+        (["--wise_ft", "1.5"], "--wise_ft takes alpha in [0, 1]"),
+        (["--wise_ft_base", "pretrained"], "--wise_ft_base needs --wise_ft ALPHA"),
+        (["--wise_ft", "0.5"], "--wise_ft_base pretrained: the backbone 'small_cnn' was trained"),
         (["--format", "tflite"], "invalid choice: 'tflite'"),
     ],
 )
@@ -251,15 +251,15 @@ def test_wise_ft_export_interpolates_with_the_pretrained_weights(timm_run, timm_
     tuned = torch.load(_last(timm_run), weights_only=True)["state_dict"]
     tuned = {k.removeprefix("backbone."): v for k, v in tuned.items() if k.startswith("backbone.")}
     pretrained = load_file(timm_weights)
-    _export("--ckpt", _last(timm_run), "--out", tmp_path / "half", "--wise-ft", "0.5",
-            "--wise-ft-base", "pretrained")  # fmt: skip
+    _export("--ckpt", _last(timm_run), "--out", tmp_path / "half", "--wise_ft", "0.5",
+            "--wise_ft_base", "pretrained")  # fmt: skip
     half = load_file(tmp_path / "half" / "backbone.safetensors")
     for key, value in tuned.items():
         if value.is_floating_point():
             torch.testing.assert_close(half[key], (pretrained[key] + value) / 2)
     config = json.loads((tmp_path / "half" / "config.json").read_text())
     assert config["wise_ft"] == {"alpha": 0.5, "base": "pretrained", "parts": ["backbone"]}
-    _export("--ckpt", _last(timm_run), "--out", tmp_path / "base", "--wise-ft", "0")
+    _export("--ckpt", _last(timm_run), "--out", tmp_path / "base", "--wise_ft", "0")
     base = load_file(tmp_path / "base" / "backbone.safetensors")
     assert all(
         torch.equal(base[k], pretrained[k]) for k, v in tuned.items() if v.is_floating_point()
@@ -269,16 +269,16 @@ def test_wise_ft_export_interpolates_with_the_pretrained_weights(timm_run, timm_
 def test_wise_ft_with_a_checkpoint_base_and_one_that_does_not_fit(
     cnn_run, timm_run, tmp_path, capsys
 ):
-    _export("--ckpt", _last(cnn_run), "--out", tmp_path / "same", "--wise-ft", "0.3",
-            "--wise-ft-base", _last(cnn_run))  # fmt: skip
+    _export("--ckpt", _last(cnn_run), "--out", tmp_path / "same", "--wise_ft", "0.3",
+            "--wise_ft_base", _last(cnn_run))  # fmt: skip
     same = load_file(tmp_path / "same" / "backbone.safetensors")
     tuned = torch.load(_last(cnn_run), weights_only=True)["state_dict"]
     for key, value in same.items():  # interpolating a model with itself changes nothing
         torch.testing.assert_close(value, tuned[f"backbone.{key}"])
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        _export("--ckpt", _last(cnn_run), "--out", tmp_path / "x", "--wise-ft", "0.3",
-                "--wise-ft-base", _last(timm_run))  # fmt: skip
+        _export("--ckpt", _last(cnn_run), "--out", tmp_path / "x", "--wise_ft", "0.3",
+                "--wise_ft_base", _last(timm_run))  # fmt: skip
     err = capsys.readouterr().err
     assert "error: cannot interpolate the backbone: keys only fine-tuned: 0.weight" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x").exists()

@@ -190,7 +190,7 @@ def test_a_second_run_resumes_and_fetches_only_what_is_missing(server, tmp_path,
     assert (root / "manifest.jsonl").read_bytes().startswith(manifest.split(b"\n")[0])
 
     server.csvs.clear()  # the tables saved by the last run serve again
-    assert run_tool(server, root, "--reuse-csv") == 0
+    assert run_tool(server, root, "--reuse_csv") == 0
     assert ": 0 downloaded, 6 already present" in capsys.readouterr().out
 
 

@@ -78,7 +78,7 @@ def test_a_folder_trains_with_the_config_and_similar_looks_at_it(name, tmp_path,
     assert data["val_fraction"] == 0.2  # 6 of 30 held out: the kNN has something to read
     checkpoint = run / "checkpoints" / "last.ckpt"
     main(["similar", "--ckpt", str(checkpoint), "--images", str(folder), "--top", "4",
-          "--out", str(tmp_path / "pairs.png"), "--no-progress"])  # fmt: skip
+          "--out", str(tmp_path / "pairs.png"), "--no_progress"])  # fmt: skip
     assert Image.open(tmp_path / "pairs.png").size[0] > 0
 
 

@@ -33,15 +33,17 @@ def test_the_probe_command_reports_knn_and_linear_against_random_init(capsys):
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "args, message, status",
     [
-        (["--ckpt", "nope.ckpt", *DATA], "nope.ckpt"),
-        (["--ckpt", "x", "--data.batch_size=0"], "batch_size"),
+        (["--ckpt", "nope.ckpt", *DATA], "nope.ckpt", 1),
+        (["--ckpt", "x", "--data.batch_size=0"], "batch_size", 1),
+        (["--ckpt", "x", "--report.probe_max_itr=3"], "did you mean --report.probe_max_iter", 2),
+        (["--ckpt", "x", "--data.batch-size=0"], "batch_size must be >= 1", 1),  # one spelling
     ],
 )
-def test_mistakes_are_one_line(args, message, capsys):
+def test_mistakes_are_one_line(args, message, status, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["probe", *args])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == status
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err and "Traceback" not in err

@@ -53,7 +53,7 @@ def test_the_readme_example_trains_through_the_cli_and_embeds(recwarn):
     assert not [w for w in recwarn if "views of each training image" in str(w.message)]
     checkpoint = next(Path("runs").glob("*/version_0/checkpoints/last.ckpt"))
     embed = ["embed", "--ckpt", str(checkpoint), "--images", "shapes:4", "--out", "emb.npy"]
-    main([*embed, "--trust-module", "my_methods"])  # the user's module: trusted by name
+    main([*embed, "--trust_module", "my_methods"])  # the user's module: trusted by name
     assert np.load("emb.npy").shape[0] == 4
 
 
@@ -61,3 +61,19 @@ def test_the_readme_example_takes_chunk_size():
     Path("my_methods.py").write_text(_blocks("python")[0])
     main(["fit", "--model=my_methods.AlignUniform", "--model.chunk_size=4", *TINY])
     assert next(Path("runs").glob("*/version_0/checkpoints/last.ckpt")).is_file()
+
+
+def test_the_readme_python_api_runs_as_written(capsys):
+    """The "Python API" section's code, as a user runs it from the repository root."""
+    text = README.read_text()
+    section = text[text.index("## Python API") : text.index("## Architecture")]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    Path("configs").symlink_to(README.parent / "configs")
+    namespace: dict = {}
+    exec(compile(code, "README.md (Python API)", "exec"), namespace)
+    run, emb, rows = namespace["run"], namespace["emb"], namespace["rows"]
+    assert run.checkpoint.is_file() and (run.folder / "config.yaml").is_file()
+    assert emb.z.shape == (64, namespace["model"].backbone.num_features) and len(rows) == 8
+    assert Path("pairs.png").is_file() and namespace["encoder"].num_features == emb.z.shape[1]
+    assert {"test/knn/shape", "test/linear/shape"} <= set(namespace["figures"])
+    assert str(run.checkpoint) in capsys.readouterr().out  # the print line

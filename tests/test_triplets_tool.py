@@ -85,7 +85,7 @@ def test_field_pairs_share_the_field_and_negatives_do_not(image_set, tmp_path, c
     out = tmp_path / "out" / "triplets.jsonl"
     common = ["--images", image_set, "--metadata", image_set / "meta.csv", "--out", out]
     args = [*common, "--pairs", "field", "--field", "color", "--field", "class", "--negatives"]
-    assert _run(*args, "--num-pairs", "12", "--template", "color=alike in {field}") == 0
+    assert _run(*args, "--num_pairs", "12", "--template", "color=alike in {field}") == 0
     summary = capsys.readouterr().out.strip()
     assert summary.startswith(f"triplets: made 12 rows in {out} (field 12 (color 6, class 6))")
     assert "skipped 2 (missing image: 1, no image path: 1)" in summary
@@ -104,10 +104,10 @@ def test_field_pairs_share_the_field_and_negatives_do_not(image_set, tmp_path, c
     loaded, skipped = read_triplet_manifest(out)  # the data module reads what the tool wrote
     assert len(loaded) == 12 and skipped == [] and all(r.negative for r in loaded)
     first = out.read_text()
-    assert _run(*args, "--num-pairs", "12", "--template", "color=alike in {field}") == 2
+    assert _run(*args, "--num_pairs", "12", "--template", "color=alike in {field}") == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert out.read_text() == first  # refused: untouched
-    rerun = [*args, "--num-pairs", "12", "--template", "color=alike in {field}", "--overwrite"]
+    rerun = [*args, "--num_pairs", "12", "--template", "color=alike in {field}", "--overwrite"]
     assert _run(*rerun) == 0 and out.read_text() == first  # seeded: the same file
     assert _run(*rerun, "--seed", "1") == 0 and out.read_text() != first
     assert not list(out.parent.glob(".*.part"))  # the temporary file was renamed
@@ -115,7 +115,7 @@ def test_field_pairs_share_the_field_and_negatives_do_not(image_set, tmp_path, c
 
 def test_a_field_with_few_shared_values_gives_only_the_pairs_it_has(image_set, tmp_path, capsys):
     out = tmp_path / "t.jsonl"
-    args = ["--metadata", image_set / "meta.csv", "--field", "artist", "--num-pairs", "100"]
+    args = ["--metadata", image_set / "meta.csv", "--field", "artist", "--num_pairs", "100"]
     assert _run(*args, "--out", out) == 0
     rows = _read(out)
     # Artists: ann on images 0 and 2 of each class (6 images), bo on image 1 (3): 15 + 3 pairs.
@@ -126,7 +126,7 @@ def test_a_field_with_few_shared_values_gives_only_the_pairs_it_has(image_set, t
 def test_neighbor_pairs_are_among_the_k_nearest(image_set, tmp_path, capsys):
     out = tmp_path / "near.jsonl"
     args = ["--images", image_set, "--pairs", "neighbors", "--backbone", "small_cnn", "--k", "2"]
-    extra = ["--image-size", "32", "--num-pairs", "10", "--negatives", "--device", "cpu"]
+    extra = ["--image_size", "32", "--num_pairs", "10", "--negatives", "--device", "cpu"]
     assert _run(*args, *extra, "--seed", "3", "--out", out) == 0
     assert "embedded 12 of 12 images with small_cnn" in capsys.readouterr().err
     # Brute force: the same seeded backbone, every similarity.
@@ -155,7 +155,7 @@ def test_neighbor_pairs_are_among_the_k_nearest(image_set, tmp_path, capsys):
 def test_random_pairs_take_the_text_of_a_shared_field_or_are_skipped(image_set, tmp_path, capsys):
     out = tmp_path / "random.jsonl"
     args = ["--images", image_set, "--metadata", image_set / "meta.csv", "--pairs", "random"]
-    assert _run(*args, "--num-pairs", "40", "--out", out) == 0
+    assert _run(*args, "--num_pairs", "40", "--out", out) == 0
     summary = capsys.readouterr().out
     fields, rows = _fields(image_set), _read(out)
     for row in rows:
@@ -187,7 +187,7 @@ def test_nga_metadata_fields_make_pairs(tmp_path, capsys):
         f.write("not json\n")
     out = root / "triplets.jsonl"
     args = ["--metadata", root / "manifest.jsonl", "--field", "artist", "--field", "year"]
-    assert _run(*args, "--num-pairs", "8", "--out", out) == 0
+    assert _run(*args, "--num_pairs", "8", "--out", out) == 0
     assert "skipped 1 (malformed row: 1)" in capsys.readouterr().out
     raw = [json.loads(line) for line in out.read_text().splitlines()]
     assert raw[0]["image_a"].startswith("images/")  # relative to the output's folder
@@ -214,10 +214,10 @@ def test_nga_metadata_fields_make_pairs(tmp_path, capsys):
         (["--images", "{set}", "--pairs", "field,nearby", "--field", "class"], "'nearby'"),
         (["--images", "{set}"], "--pairs field needs --field NAME"),
         (["--images", "{set}", "--pairs", "neighbors"], "needs one of --backbone NAME or --ckpt"),
-        (["--images", "{set}", "--pairs", "random", "--describer", "chat"], "--base-url URL"),
+        (["--images", "{set}", "--pairs", "random", "--describer", "chat"], "--base_url URL"),
         (["--field", "class"], "give --images DIR"),
-        (["--metadata", "{set}/meta.csv", "--path-column", "f", "--field", "x"], "no column 'f'"),
-        (["--images", "{set}", "--num-pairs", "many"], "invalid int value"),
+        (["--metadata", "{set}/meta.csv", "--path_column", "f", "--field", "x"], "no column 'f'"),
+        (["--images", "{set}", "--num_pairs", "many"], "invalid int value"),
     ],
 )
 def test_bad_input_is_one_error_line_and_status_2(image_set, tmp_path, capsys, args, message):
@@ -254,7 +254,7 @@ def test_neighbor_pairs_with_a_trained_checkpoint(image_set, tmp_path, monkeypat
     ckpt = tmp_path / "runs" / "contrastive" / "version_0" / "checkpoints" / "last.ckpt"
     out = tmp_path / "near.jsonl"
     args = ["--images", image_set, "--pairs", "neighbors", "--ckpt", ckpt, "--k", "1"]
-    assert _run(*args, "--num-pairs", "6", "--device", "cpu", "--out", out) == 0
+    assert _run(*args, "--num_pairs", "6", "--device", "cpu", "--out", out) == 0
     assert "(32 dims, 32 px)" in capsys.readouterr().err  # the training image size
     model, reading = load_method(ckpt, torch.device("cpu"))  # as the training data read them
     paths = sorted(image_set.glob("*/*.png"))

@@ -20,6 +20,7 @@ from torch import Tensor
 from contrastive.augment import Augment
 from contrastive.backbones import create_backbone
 from contrastive.checkpoint_io import good_checkpoint
+from contrastive.checkpoints import name_method_class
 from contrastive.datamodules.common import StageSkipReports, Tokenizer
 from contrastive.gradcache import Embeddings, check_chunk_size, embed_in_chunks
 from contrastive.methods.global_batch import GlobalBatch
@@ -68,14 +69,10 @@ class ContrastiveMethod(GlobalBatch, LightningModule):
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        # Built by LightningCLI, the hyper-parameters are the config (class paths and init
-        # args), which load_from_checkpoint instantiates again: keep all of it, text tower
-        # included. Built in Python they would be the module objects: their weights are in
-        # the state_dict, so only the plain values are kept.
-        from_config = _given_hyperparameters.get() is not None
-        self.save_hyperparameters(
-            ignore=[] if from_config else ["augment", "optimizer", "text_tower"]
-        )
+        # From LightningCLI the hyper-parameters are the config (class paths and init args), kept
+        # whole; from Python only the plain values (modules' weights are in the state_dict).
+        modules = ["augment", "optimizer", "text_tower"]
+        self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() else modules)
         self.backbone = create_backbone(backbone, **(backbone_kwargs or {}))
         self.augment = augment if augment is not None else Augment()
         self.augment.use_backbone_stats(self.backbone.preprocessing)  # unless given its own
@@ -163,6 +160,9 @@ class ContrastiveMethod(GlobalBatch, LightningModule):
 
     def on_predict_epoch_end(self) -> None:
         self._skipped.report("predict", "predict")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        name_method_class(self, checkpoint)  # built in Python: every command can rebuild it
 
     def embed(self, images: Tensor) -> Tensor:
         """The representation of uint8 (or [0, 1] float) images ``(B, C, H, W)`` for downstream

@@ -13,7 +13,7 @@ from contrastive.heads import ProjectionHead
 from contrastive.losses import Tiling, clip_loss, siglip_loss
 from contrastive.methods.base import ContrastiveMethod
 from contrastive.queue import EmbeddingQueue
-from contrastive.text import TextCache, TextTower, freeze, keep_frozen_eval, projections, tokens_to
+from contrastive.text import TextCache, TextTower, freeze, joint_space, keep_frozen_eval, tokens_to
 
 
 class CLIP(ContrastiveMethod):
@@ -28,7 +28,8 @@ class CLIP(ContrastiveMethod):
     projection. ``embed(images)`` is the backbone's features; ``encode_image`` and
     ``encode_text`` the two towers' embeddings in the shared space, which
     :class:`~contrastive.evaluation.crossmodal_report.CrossModalEvaluation` reads for zero-shot
-    classification and retrieval.
+    classification and retrieval. Towers from one pretrained open_clip model keep its projections
+    and logit scale (:func:`~contrastive.text.joint_space`): at step 0 they score as it does.
 
     Args:
         text_tower: e.g. :class:`~contrastive.text.OpenCLIPText` or
@@ -97,6 +98,9 @@ class CLIP(ContrastiveMethod):
             raise ValueError(f"caption_grad_scale must be >= 0, got {caption_grad_scale}")
         if queue_size and loss != "clip":
             raise ValueError(f"queue_size needs loss='clip' (SigLIP takes no queue), got '{loss}'")
+        self.image_projection, self.text_projection, log_scale, bias = joint_space(
+            self.backbone, text_tower, embed_dim, text_projection, init_temperature
+        )
         init_temperature = init_temperature or {"clip": 0.07, "siglip": 0.1}[loss]
         if not 0 < 1 / init_temperature <= max_logit_scale:
             raise ValueError(
@@ -107,16 +111,14 @@ class CLIP(ContrastiveMethod):
         self.text_tower = freeze(text_tower) if freeze_text_tower else text_tower
         if freeze_image_tower:
             freeze(self.backbone)
-        self.image_projection, self.text_projection = projections(
-            self.backbone.num_features, text_tower, embed_dim, text_projection, "embed_dim"
-        )
-        log_scale = torch.tensor(math.log(1 / init_temperature))
+        log_scale = torch.tensor(math.log(1 / init_temperature) if log_scale is None else log_scale)
         if learn_temperature:
             self.log_logit_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_logit_scale", log_scale)
         if loss == "siglip":
-            self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
+            bias = init_logit_bias if bias is None else bias  # a pretrained SigLIP's own
+            self.logit_bias = nn.Parameter(torch.tensor(float(bias)))
         self.loss, self.max_logit_scale = loss, max_logit_scale
         self.freeze_image_tower, self.freeze_text_tower = freeze_image_tower, freeze_text_tower
         self.tiling = Tiling(tiled, tile_size, tile_above)

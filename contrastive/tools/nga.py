@@ -16,23 +16,23 @@ writes::
                                       objectid, uuid, title, artist, classification, medium,
                                       year (beginyear, or null), displaydate
     data/nga/csv/*.csv                the two source tables, as fetched by the last run
-                                      (``--reuse-csv`` reads them instead of fetching again)
+                                      (``--reuse_csv`` reads them instead of fetching again)
 
 Safety and robustness:
 
 - No path comes from the CSVs. A file is named by the artwork's integer object id, and a row's
   image is fetched only if its uuid is a UUID and its ``iiifurl`` lies under
-  ``--image-base-url`` (same scheme and host, no query, no ``..`` even escaped; IIIF's ``!``,
+  ``--image_base_url`` (same scheme and host, no query, no ``..`` even escaped; IIIF's ``!``,
   ``,`` and ``:`` allowed, see :func:`~contrastive.tools.fetch.url_under`); other rows are
   skipped and counted as unsafe. Redirects may not leave the image base URL either.
 - Every file goes to a temporary ``.<name>.*.part`` in its final folder and is checked (HTTP
-  status, ``Content-Type: image/jpeg``, the ``--max-image-mb`` cap, the announced length, a
+  status, ``Content-Type: image/jpeg``, the ``--max_image_mb`` cap, the announced length, a
   JPEG that decodes) before it is renamed into place: a file is complete or absent. Files get
   the permissions the user's umask gives (as ``cp`` or any other tool would). The next run
   removes the temporary files of a killed one.
 - Running again resumes: images already on disk are kept, the rest fetched. Network errors,
   timeouts, truncated bodies, undecodable JPEGs and HTTP 408/425/429/5xx are retried with
-  exponential backoff (``Retry-After`` honoured up to ``--max-backoff``); other statuses, a
+  exponential backoff (``Retry-After`` honoured up to ``--max_backoff``); other statuses, a
   wrong content type and an oversized body are not (:class:`~contrastive.tools.fetch.Client`).
   Ctrl-C stops the downloads in progress and exits 130.
 - The manifest is rewritten atomically at the end, merging the rows of earlier runs whose files
@@ -61,6 +61,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from contrastive.cli_errors import ToolParser
 from contrastive.files import TableError, remove_partial_files
 from contrastive.tools.fetch import MB, Client, FetchError, Interrupted
 from contrastive.tools.nga_catalog import (
@@ -108,7 +109,7 @@ def _fetch_csvs(args: argparse.Namespace, client: Client, csv_dir: Path) -> None
 
 
 def _bar(args: argparse.Namespace, desc: str, **kwargs) -> tqdm:
-    """A progress bar on stderr with rate and ETA, redrawn at most every --progress-interval."""
+    """A progress bar on stderr with rate and ETA, redrawn at most every --progress_interval."""
     return tqdm(desc=desc, file=sys.stderr, mininterval=args.progress_interval, **kwargs)
 
 
@@ -282,7 +283,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="contrastive data nga",
         description="Download National Gallery of Art images (CC0 open data) with a manifest "
         "of their metadata; run again to resume.",
@@ -310,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--backoff", type=_non_negative_float, default=1.0, help="first retry delay, seconds"
     )
     parser.add_argument(
-        "--max-backoff", type=_non_negative_float, default=60.0, help="longest retry delay"
+        "--max_backoff", type=_non_negative_float, default=60.0, help="longest retry delay"
     )
     parser.add_argument(
         "--timeout",
@@ -319,35 +320,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a connection or read may block",
     )
     parser.add_argument(
-        "--max-image-mb",
+        "--max_image_mb",
         type=_positive_float,
         default=20.0,
         help="per-image size cap in MiB (default 20)",
     )
     parser.add_argument(
-        "--max-csv-mb",
+        "--max_csv_mb",
         type=_positive_float,
         default=1024.0,
         help="per-CSV size cap in MiB (default 1024)",
     )
     parser.add_argument(
-        "--csv-base-url",
+        "--csv_base_url",
         default=DEFAULT_CSV_BASE_URL,
         help=f"where {OBJECTS_CSV} and {IMAGES_CSV} are (default {DEFAULT_CSV_BASE_URL})",
     )
     parser.add_argument(
-        "--image-base-url",
+        "--image_base_url",
         default=DEFAULT_IMAGE_BASE_URL,
         help="the IIIF service; every iiifurl must lie under it (default "
         f"{DEFAULT_IMAGE_BASE_URL})",
     )
     parser.add_argument(
-        "--reuse-csv",
+        "--reuse_csv",
         action="store_true",
         help=f"use the tables an earlier run saved in ROOT/{CSV_DIR} instead of fetching them",
     )
     parser.add_argument(
-        "--progress-interval",
+        "--progress_interval",
         type=_non_negative_float,
         default=0.5,
         help="least seconds between redraws of the progress bars (default 0.5)",

@@ -7,17 +7,17 @@ one JSON object per line, ``{"image_a", "image_b", "text", "condition"}`` and, w
     contrastive data triplets --images DIR --field class --out triplets.jsonl
     contrastive data triplets --metadata data/nga/manifest.jsonl --field artist --field medium \\
         --pairs field,neighbors --backbone timm:resnet18 --pretrained true --negatives \\
-        --num-pairs 5000 --out data/nga/triplets.jsonl
+        --num_pairs 5000 --out data/nga/triplets.jsonl
 
 **Images and fields.** ``--images DIR`` is a class-folder tree (``DIR/<class>/<image>``, the
 ImageNet layout): each image gets the field ``class``. ``--metadata FILE`` is a CSV, TSV or JSONL
-table with an image path column (``--path-column``, default ``path``, relative to the table's
+table with an image path column (``--path_column``, default ``path``, relative to the table's
 folder) whose other columns are fields; ``contrastive data nga`` writes one (``manifest.jsonl``:
 path, objectid, uuid, title, artist, classification, medium, year, displaydate). Both may be
 given: rows naming the same file merge their fields. Empty values count as absent: they are
 never "shared".
 
-**Pairs** (``--pairs``, repeatable or a comma list; ``--num-pairs N`` for each mode):
+**Pairs** (``--pairs``, repeatable or a comma list; ``--num_pairs N`` for each mode):
 
 - ``field``: for each ``--field NAME`` (N spread evenly over the fields), two images with the
   same value, drawn uniformly among such pairs; a ``--negatives`` image has another value. The
@@ -26,7 +26,7 @@ never "shared".
   ``timm:resnet18``, ``open_clip:ViT-B-32`` with ``--pretrained TAG``; a random-init backbone
   is seeded by ``--seed``) or a trained method (``--ckpt RUN.ckpt``); each sampled anchor is
   paired with one of its ``--k`` nearest neighbours by cosine similarity. Text
-  ``--neighbors-text`` (``"visually similar"``), condition ``neighbors``; a ``--negatives``
+  ``--neighbors_text`` (``"visually similar"``), condition ``neighbors``; a ``--negatives``
   image is outside the anchor's k nearest.
 - ``random``: two images drawn uniformly. A ``--describer`` says what they share, one row per
   phrase (condition ``described``); without one, a field they happen to share (among
@@ -38,7 +38,7 @@ defaults are :data:`DEFAULT_TEMPLATES`; ``--template color="same colour"`` (repe
 field its own.
 
 **Describers** (:mod:`contrastive.tools.describe`). :class:`Describer` is the plug-in
-interface; :class:`ChatDescriber` (``--describer chat --base-url URL --model NAME``) asks any
+interface; :class:`ChatDescriber` (``--describer chat --base_url URL --model NAME``) asks any
 OpenAI-compatible ``/chat/completions`` endpoint with both images inline, retrying timeouts,
 429 and 5xx. ``--workers N`` requests run at once (default 4), with a progress bar (rate and
 ETA) on stderr. Each answer is appended to a cache (``--cache``, default ``t.answers.jsonl``
@@ -66,6 +66,7 @@ from functools import partial
 from pathlib import Path
 
 from contrastive.checkpoints import add_trust_argument
+from contrastive.cli_errors import ToolParser
 from contrastive.files import TableError, atomic_writer
 from contrastive.tools.describe import (
     AnswerCache,
@@ -185,10 +186,10 @@ def _check(args: argparse.Namespace) -> None:
         if "random" not in args.pairs:
             raise InputError("--describer describes random pairs; add --pairs random")
         if not args.base_url or not args.model:
-            raise InputError("--describer chat needs --base-url URL and --model NAME")
+            raise InputError("--describer chat needs --base_url URL and --model NAME")
         if args.timeout <= 0 or args.retries < 0 or args.backoff < 0 or args.max_tokens < 1:
             raise InputError(
-                "expected --timeout > 0, --retries >= 0, --backoff >= 0 and --max-tokens >= 1"
+                "expected --timeout > 0, --retries >= 0, --backoff >= 0 and --max_tokens >= 1"
             )
         if args.workers < 1:
             raise InputError(f"--workers must be >= 1, got {args.workers}")
@@ -287,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(ToolParser):
     def error(self, message: str):  # bad arguments are bad input: one line, exit status 2
         raise InputError(message)
 
@@ -299,8 +300,7 @@ def _comma_list(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="contrastive data triplets",
-        description="Make a triplet manifest (image_a, image_b, text) from class folders or a "
-        "metadata table, for text-conditioned similarity.",
+        description="Make a triplet manifest (image_a, image_b, text) from folders or a table.",
     )
     source = parser.add_argument_group("images")
     source.add_argument(
@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--metadata", type=Path, metavar="FILE", help="a CSV/TSV/JSONL table of images and fields"
     )
     source.add_argument(
-        "--path-column", default="path", metavar="NAME", help="the table's image path column"
+        "--path_column", default="path", metavar="NAME", help="the table's image path column"
     )
     parser.add_argument(
         "--out", type=Path, required=True, metavar="FILE", help="the manifest to write (.jsonl)"
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODES",
         help=f"pair modes, repeatable or comma-separated: {', '.join(PAIR_MODES)} (default field)",
     )
-    pairs.add_argument("--num-pairs", type=int, default=1000, help="pairs per mode (default 1000)")
+    pairs.add_argument("--num_pairs", type=int, default=1000, help="pairs per mode (default 1000)")
     pairs.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     pairs.add_argument(
         "--field",
@@ -355,19 +355,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_trust_argument(near)
     near.add_argument("--k", type=int, default=5, help="pair among the k nearest (default 5)")
-    near.add_argument("--neighbors-text", default=NEIGHBORS_TEXT, help="their condition text")
-    near.add_argument("--image-size", type=int, help="default: the model's or the training size")
-    near.add_argument("--batch-size", type=int, default=64)
+    near.add_argument("--neighbors_text", default=NEIGHBORS_TEXT, help="their condition text")
+    near.add_argument("--image_size", type=int, help="default: the model's or the training size")
+    near.add_argument("--batch_size", type=int, default=64)
     near.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
     chat = parser.add_argument_group("describer (random pairs)")
     chat.add_argument("--describer", choices=["chat"], help="describe random pairs with a model")
-    chat.add_argument("--base-url", help="OpenAI-compatible API root, e.g. http://host:8000/v1")
+    chat.add_argument("--base_url", help="OpenAI-compatible API root, e.g. http://host:8000/v1")
     chat.add_argument("--model", help="the model name")
-    chat.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var of the API key")
+    chat.add_argument("--api_key_env", default="OPENAI_API_KEY", help="env var of the API key")
     chat.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     chat.add_argument("--retries", type=int, default=3, help="retries per pair (default 3)")
     chat.add_argument("--backoff", type=float, default=1.0, help="first retry delay, seconds")
-    chat.add_argument("--max-tokens", type=int, default=200)
+    chat.add_argument("--max_tokens", type=int, default=200)
     chat.add_argument("--workers", type=int, default=4, help="requests at a time (default 4)")
     chat.add_argument(
         "--cache",
