@@ -46,7 +46,7 @@ from contrastive.checkpoints import (
     read_checkpoint,
 )
 from contrastive.cli_data import start_from_defaults
-from contrastive.cli_errors import one_line
+from contrastive.cli_errors import one_line, quiet_known_warnings
 from contrastive.datamodules.common import DataError
 from contrastive.export import ExportEncoder
 from contrastive.methods import ContrastiveMethod, NonFiniteError
@@ -272,7 +272,8 @@ def run_lightning(args: list[str]) -> ContrastiveCLI:
     # goes on the import path only for such a class the user typed.
     allow_working_folder(typed_class_paths(args))
     args = start_from_defaults(model_from_checkpoint(args))  # --data CLASS: its own defaults
-    return ContrastiveCLI(args=args)
+    with quiet_known_warnings():
+        return ContrastiveCLI(args=args)
 
 
 def model_from_checkpoint(args: list[str]) -> list[str]:

@@ -15,11 +15,14 @@ The tools outside LightningCLI (``embed``, ``similar``, ``export``, ``data ...``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import importlib
 import inspect
 import re
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -235,3 +238,22 @@ def init_arguments(cls: type | None) -> list[str]:
         if not any(p.kind is p.VAR_KEYWORD for p in parameters):
             break
     return names
+
+
+# Warnings every run printed that say nothing to its user: the CLI's own way of passing the
+# arguments, a hook the methods override on purpose (they make the views), and Lightning's use
+# of a torch API that torch 2.14 deprecates.
+KNOWN_WARNINGS = (
+    "LightningCLI's args parameter is intended to run from within Python",
+    "You have overridden `on_after_batch_transfer` in `LightningModule`",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
+@contextlib.contextmanager
+def quiet_known_warnings() -> Iterator[None]:
+    """Leave out :data:`KNOWN_WARNINGS` inside the block; every other warning is shown."""
+    with warnings.catch_warnings():
+        for message in KNOWN_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        yield

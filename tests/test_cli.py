@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +225,19 @@ def test_fit_prints_its_run_folder_at_the_start_and_at_the_end(capsys):
         "run folder: runs/contrastive/version_1",
         f"run folder: runs/contrastive/version_1 (last checkpoint: {last})",
     ]
+
+
+def test_a_run_leaves_out_the_warnings_that_say_nothing_to_its_user(monkeypatch):
+    # As from a terminal: sys.argv holds the arguments the CLI also passes to LightningCLI.
+    monkeypatch.setattr(sys, "argv", ["contrastive", "fit", "--model=SimCLR", *TINY])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run("fit", "--model=SimCLR", *TINY, "--trainer.max_steps=1")
+        warnings.warn("a warning of the user's own", stacklevel=1)
+    shown = [str(w.message) for w in caught]
+    assert "a warning of the user's own" in shown
+    for known in ("args parameter is intended", "overridden `on_after_batch_transfer`", "LeafSpec"):
+        assert not [m for m in shown if known in m], known
 
 
 # ---- the subcommands and the flag style -----------------------------------------------------
