@@ -29,8 +29,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from contrastive.datamodules import ImageFolderDataModule
-from contrastive.datamodules.common import Collate
-from contrastive.datamodules.imagefolder import default_num_workers
+from contrastive.datamodules.common import Collate, default_num_workers
 
 
 def photo_like(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

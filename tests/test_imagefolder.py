@@ -20,12 +20,8 @@ from PIL import Image
 from test_images import write_odd_images
 
 from contrastive.datamodules import ImageFolderDataModule, ImageFolderDataset
-from contrastive.datamodules.common import Skipped
-from contrastive.datamodules.imagefolder import (
-    ImageFolderError,
-    PathArray,
-    default_num_workers,
-)
+from contrastive.datamodules.common import Skipped, default_num_workers
+from contrastive.datamodules.imagefolder import ImageFolderError, PathArray
 from contrastive.evaluation import EmbeddingReport
 from contrastive.methods import SimCLR
 

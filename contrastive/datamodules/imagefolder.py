@@ -37,7 +37,9 @@ from contrastive.datamodules.common import (
     BankQueryDataModule,
     Skipped,
     Tokenizer,
+    default_num_workers,
 )
+from contrastive.datamodules.device_decode import DeviceDecoding, read_encoded
 from contrastive.datamodules.folder_lists import (
     ImageFolderError,
     classes_to_keep,
@@ -47,19 +49,6 @@ from contrastive.datamodules.images import DEFAULT_MAX_PIXELS, Resize, check_res
 from contrastive.files import IMAGE_EXTENSIONS, scan_images
 
 _LABEL = "class"  # the one attribute image folders label
-
-
-def default_num_workers(processes: int = 1) -> int:
-    """Loader workers per training process: the CPUs it may use, less one for itself, up to 8.
-
-    Eight workers decode some 2,000 ImageNet JPEGs a second at 224 px, more than most single
-    GPUs consume with a ResNet-50; more only costs memory.
-
-    Args:
-        processes: Training processes sharing this machine's CPUs (one per device).
-    """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(0, min(8, (cpus or 1) // max(1, processes) - 1))
 
 
 class PathArray:
@@ -96,6 +85,7 @@ class ImageFolderDataset(Dataset):
         image_size: Output height and width ``S``.
         max_pixels: Largest image read, in pixels (see :func:`load_image`).
         resize: ``"crop"`` (shorter side resized, centre cropped) or ``"letterbox"``.
+        decode_on_device: Give a JPEG's bytes instead of its pixels (:func:`read_encoded`).
     """
 
     def __init__(
@@ -105,6 +95,7 @@ class ImageFolderDataset(Dataset):
         image_size: int,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         resize: Resize = "crop",
+        decode_on_device: bool = False,
     ) -> None:
         if labels is not None and len(labels) != len(paths):
             raise ValueError(f"got {len(labels)} labels for {len(paths)} paths")
@@ -114,13 +105,14 @@ class ImageFolderDataset(Dataset):
         self.image_size = image_size
         self.max_pixels = max_pixels
         self.resize = resize
+        self.read = read_encoded if decode_on_device else load_image
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict | Skipped:
         path = self.paths[index]
-        image = load_image(path, self.image_size, self.max_pixels, self.resize)
+        image = self.read(path, self.image_size, self.max_pixels, self.resize)
         if isinstance(image, Skipped):
             return image
         item = {"image": image, "index": int(index), "path": path}
@@ -129,7 +121,7 @@ class ImageFolderDataset(Dataset):
         return item
 
 
-class ImageFolderDataModule(BankQueryDataModule):
+class ImageFolderDataModule(DeviceDecoding, BankQueryDataModule):
     """Images from folders on disk: ImageNet's layouts or any folder, labelled or not.
 
     See the module docstring for the layouts. Validation and test return ``[bank, query]``:
@@ -162,6 +154,8 @@ class ImageFolderDataModule(BankQueryDataModule):
         eval_batch_size: Batch size of the bank, validation, test and predict loaders.
         num_workers: Loader worker processes (kept alive between epochs when > 0); ``None``
             for :func:`default_num_workers` of the Trainer's device count.
+        decode_on_device: Decode JPEGs on the training device (nvJPEG on a GPU), batched,
+            instead of in the loader workers (:mod:`~contrastive.datamodules.device_decode`).
     """
 
     val_split = test_split = "query"  # one held-out split serves both
@@ -182,6 +176,7 @@ class ImageFolderDataModule(BankQueryDataModule):
         batch_size: int = 256,
         eval_batch_size: int = 256,
         num_workers: int | None = None,
+        decode_on_device: bool = False,
     ) -> None:
         super().__init__()
         if val_labels is not None and val_root is None:
@@ -228,6 +223,7 @@ class ImageFolderDataModule(BankQueryDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
+        self.decode_on_device = decode_on_device
         self.tokenizer: Tokenizer | None = None  # image folders carry no captions
         self._classes: tuple[str, ...] = ()
         self._datasets: dict[str, ImageFolderDataset] = {}
@@ -364,7 +360,9 @@ class ImageFolderDataModule(BankQueryDataModule):
             bank = bank[:0]  # nothing to vote with
 
         def dataset(paths: list, labels: list | None) -> ImageFolderDataset:
-            return ImageFolderDataset(paths, labels, self.image_size, self.max_pixels, self.resize)
+            return ImageFolderDataset(
+                paths, labels, self.image_size, self.max_pixels, self.resize, self.decode_on_device
+            )
 
         self._datasets = {
             "train": dataset(train_paths, train_labels),
