@@ -52,12 +52,15 @@ def photo_like(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def write_jpegs(folder: Path, count: int, seed: int = 0) -> int:
-    """``count`` JPEGs in 10 class folders; returns their total size in bytes."""
+def write_jpegs(
+    folder: Path, count: int, seed: int = 0, sides: tuple[int, int] = (256, 1024)
+) -> int:
+    """``count`` JPEGs in 10 class folders, each side drawn from ``sides`` (inclusive);
+    returns their total size in bytes."""
     rng = np.random.default_rng(seed)
     total = 0
     for i in range(count):
-        height, width = rng.integers(256, 1025, 2).tolist()
+        height, width = rng.integers(sides[0], sides[1] + 1, 2).tolist()
         path = folder / f"class_{i % 10}" / f"{i:05d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(photo_like(rng, height, width)).save(path, quality=90)

@@ -47,21 +47,24 @@ class _PeakSampler(threading.Thread):
         return max(self.peak, _rss_gb())
 
 
-def _estimate_gb(loss: str, n: int, dim: int) -> float:
+def estimate_gb(loss: str, n: int, dim: int) -> float:
     if loss == "tiled":
         return 4 * 2 * n * dim * 4 / 2**30 + 0.1  # inputs, normalised copies and grads
     views = n if loss == "open_clip ClipLoss" else 2 * n  # ClipLoss: (N, N) logits, twice
     return 5.5 * views * views * 4 / 2**30  # measured: dense N=16384 peaked at 5.25x the logits
 
 
-def run_one(loss: str, n: int, dim: int, tile: int) -> dict:
+def make_loss(loss: str, n: int, dim: int, tile: int, device: str | torch.device = "cpu"):
+    """Seeded inputs ``z1, z2``: ``(N, d)`` float32 on ``device`` with gradients, and a function
+    computing one of ``LOSSES`` of them (NT-Xent of the 2N views; ClipLoss of N pairs)."""
     from contrastive.losses import info_nce, info_nce_tiled
 
     torch.manual_seed(0)
-    z1 = torch.randn(n, dim, requires_grad=True)
-    z2 = torch.randn(n, dim, requires_grad=True)
+    z1 = torch.randn(n, dim, device=device, requires_grad=True)
+    z2 = torch.randn(n, dim, device=device, requires_grad=True)
     if loss in ("dense", "tiled"):
-        ids, positions = torch.arange(n).repeat(2), torch.arange(2 * n)
+        ids = torch.arange(n, device=device).repeat(2)
+        positions = torch.arange(2 * n, device=device)
 
         def compute():
             z = torch.cat([z1, z2])  # (2N, d)
@@ -85,8 +88,13 @@ def run_one(loss: str, n: int, dim: int, tile: int) -> dict:
         def compute():
             a = torch.nn.functional.normalize(z1, dim=1)
             b = torch.nn.functional.normalize(z2, dim=1)
-            return criterion(a, b, logit_scale=torch.tensor(10.0))
+            return criterion(a, b, logit_scale=torch.tensor(10.0, device=device))
 
+    return z1, z2, compute
+
+
+def run_one(loss: str, n: int, dim: int, tile: int) -> dict:
+    z1, z2, compute = make_loss(loss, n, dim, tile)
     base = _rss_gb()  # after imports and inputs
     sampler = _PeakSampler()
     sampler.start()
@@ -94,10 +102,10 @@ def run_one(loss: str, n: int, dim: int, tile: int) -> dict:
     value = compute()
     value.backward()
     seconds = time.perf_counter() - start
-    return {"peak_gb": sampler.stop() - base, "seconds": seconds, "loss": float(value)}
+    return {"peak_gb": sampler.stop() - base, "seconds": seconds, "loss": value.item()}
 
 
-def _available(loss: str) -> bool:
+def available(loss: str) -> bool:
     module = {"lightly NTXentLoss": "lightly", "open_clip ClipLoss": "open_clip"}.get(loss)
     if module is None:
         return True
@@ -124,11 +132,11 @@ def main() -> None:
     print(f"{'N':>6}  {'loss':<20}{'peak GB':>9}{'seconds':>9}{'loss value':>12}")
     for n in args.sizes:
         for loss in LOSSES:
-            if not _available(loss):
+            if not available(loss):
                 print(f"{n:>6}  {loss:<20}  not installed")
                 continue
-            if _estimate_gb(loss, n, args.dim) > args.max_gb:
-                estimate = _estimate_gb(loss, n, args.dim)
+            if estimate_gb(loss, n, args.dim) > args.max_gb:
+                estimate = estimate_gb(loss, n, args.dim)
                 print(f"{n:>6}  {loss:<20}  skipped: needs ~{estimate:.0f} GB")
                 continue
             command = [sys.executable, __file__, "--one", loss, str(n), "--dim", str(args.dim)]

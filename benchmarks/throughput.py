@@ -1,4 +1,4 @@
-"""Training throughput of SimCLR and BYOL: our Lightning methods, a plain loop, and lightly.
+"""Training throughput of our methods: SimCLR and BYOL against a plain loop and lightly, and more.
 
 Images per second of a full training step (two augmented views per image, forward, backward,
 optimizer step, BYOL's EMA) on uint8 images held in memory, for three implementations:
@@ -10,19 +10,26 @@ optimizer step, BYOL's EMA) on uint8 images held in memory, for three implementa
   its heads and losses, a torchvision ResNet adapted the same way) in a plain loop.
 
 Each implementation is also timed in parts: the data pipeline alone (loader and augmentation,
-no model) and the model step alone (on views made once). Two settings: (a) equal settings,
+no model) and the model step alone (on views made once). Every other image method of
+``contrastive.methods`` (``--methods moco_v3,dino,...``) gets the Lightning rows alone, with its
+own heads (the papers' ImageNet defaults) and multi-crop where its paper uses it (DINO: 2 global
+and 8 local views, SwAV: 2 and 6). Two settings: (a) equal settings,
 everything float32; (b) our defaults (bf16-mixed autocast and channels-last where the device
 has bf16, else float32 channels-last) against lightly's documented defaults (float32).
 Configurations run round-robin, ``--repeats`` times each; the table gives medians.
 
 CPU: ResNet-18 with the 32 px stem, 32 px images. ``--device cuda``: ResNet-50 at 224 px, plus
-torch.compile variants, and MFU from an analytic FLOP count. lightly is never a project
+torch.compile variants, and MFU: the FLOPs of one training step counted by
+``torch.utils.flop_counter.FlopCounterMode`` (forward, backward and any momentum encoder's
+forward; elementwise work is not counted) against the GPU's bf16 dense peak (``PEAK_TFLOPS``,
+read from the device name; ``--peak-tflops`` overrides). lightly is never a project
 dependency: install it in a benchmark venv (benchmarks/requirements-peers.txt).
 
     /tmp/benchvenv/bin/python benchmarks/throughput.py           # both methods, batch 256
     /tmp/benchvenv/bin/python benchmarks/throughput.py --quick   # smoke run, a few minutes
     python benchmarks/throughput.py --quick --skip-lightly       # without lightly
     /tmp/benchvenv/bin/python benchmarks/throughput.py --device cuda --steps 20
+    python benchmarks/throughput.py --device cuda --skip-lightly --methods simclr,dino,swav
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import dataclasses
 import functools
 import importlib.metadata
 import importlib.util
+import inspect
 import logging
 import os
 import statistics
@@ -44,19 +52,47 @@ import torch
 from lightning.pytorch import Callback, Trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 
-from contrastive.augment import SimCLRAugment
+from contrastive import methods
+from contrastive.augment import MultiCropAugment, SimCLRAugment
 from contrastive.datamodules.common import Collate
 from contrastive.ema import cosine_momentum, ema_update
-from contrastive.methods import BYOL, SimCLR
+from contrastive.methods import BYOL, MomentumMethod
 from contrastive.methods.base import ContrastiveMethod
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # lightly's CIFAR-10 examples: plain SGD; the same optimizer everywhere so that only the
 # framework differs (momentum gives it state, as in any real run).
 OPTIMIZER = functools.partial(torch.optim.SGD, lr=0.06, momentum=0.9, weight_decay=5e-4)
-# bf16 dense peak of GPUs we may be lent (NVIDIA data sheets), for MFU; --peak-tflops overrides.
-PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
+# bf16 dense peak in TFLOP/s (NVIDIA data sheets), for MFU; --peak-tflops overrides. Matched
+# against the device name in this order, so that "A100" is not read as "A10", nor "L40S" as "L4".
+PEAK_TFLOPS = {
+    "H100 PCIe": 756.0, "H100 NVL": 835.0, "GH200": 989.0, "H200": 989.0, "H100": 989.0,
+    "B200": 2250.0, "A100": 312.0, "A10G": 70.0, "A10": 125.0, "L40S": 362.0, "L40": 181.0,
+    "L4": 121.0,
+}  # fmt: skip
+
+
+def _trains_on_images(cls: type) -> bool:
+    """A method with a loss whose every argument has a default (CLIP and Conditional need a
+    text tower, the bases have no loss)."""
+    has_loss = (
+        cls.training_loss is not ContrastiveMethod.training_loss
+        or cls.training_embeddings is not ContrastiveMethod.training_embeddings
+    )
+    parameters = inspect.signature(cls).parameters.values()
+    return has_loss and all(p.default is not p.empty or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+# Every image method of contrastive.methods, by its module's name: simclr, moco_v3, dino, ...
+IMAGE_METHODS: dict[str, type[ContrastiveMethod]] = {
+    cls.__module__.rpartition(".")[2]: cls
+    for cls in (getattr(methods, name) for name in methods.__all__)
+    if isinstance(cls, type) and issubclass(cls, ContrastiveMethod) and _trains_on_images(cls)
+}
+# Local views of the methods whose papers train with multi-crop (2 global views besides).
+MULTI_CROP = {"dino": 8, "swav": 6}
 STEP_TIMES = ("pipeline", "model", "e2e")
 ROW_SETTINGS = ("a", "b", "b-compile")  # rows are named IMPLEMENTATION-SETTING: plain-b-compile
 
@@ -71,6 +107,8 @@ class Spec:
     ``jitter`` is (brightness, contrast, saturation, hue); ``blur`` and ``solarize`` are the
     probabilities of lightly's first and second view (BYOL's views differ; ours share one
     distribution, so they get the mean probability: the same work per view on average).
+    ``hidden == 0``: the method's own heads; ``local_views``: multi-crop's local views (at
+    ``local_size`` px); ``method_kwargs``: further arguments of the method (they win).
     """
 
     method: str
@@ -85,6 +123,9 @@ class Spec:
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
     blur: tuple[float, float] = (0.0, 0.0)
     solarize: tuple[float, float] = (0.0, 0.0)
+    local_views: int = 0
+    local_size: int = 96  # px: the local views' side at 224 px in both papers
+    method_kwargs: dict = field(default_factory=dict)
 
 
 _RESNET18_32PX = dict(backbone="resnet18", small_stem=True, size=32)
@@ -110,8 +151,22 @@ RECIPES = {
 }  # fmt: skip
 
 
+# Every other method: its own heads, SimCLR's ImageNet views on the GPU, multi-crop per MULTI_CROP.
+OTHER_RECIPES = {
+    "cpu": dict(**_RESNET18_32PX, hidden=0, out=0),
+    "cuda": dict(**_RESNET50_224PX, hidden=0, out=0, jitter=(0.8, 0.8, 0.8, 0.2), blur=(0.5, 0.5)),
+}
+
+
 def make_spec(method: str, device: torch.device, batch: int) -> Spec:
-    return Spec(method, device, batch, **RECIPES[method, device.type])
+    if (method, device.type) in RECIPES:
+        return Spec(method, device, batch, **RECIPES[method, device.type])
+    if method not in IMAGE_METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(IMAGE_METHODS)}")
+    kwargs = {"label": "class"} if method == "supcon" else {}  # UInt8Images' labels
+    recipe = OTHER_RECIPES[device.type]
+    local = dict(local_views=MULTI_CROP.get(method, 0), local_size=recipe["size"] * 96 // 224)
+    return Spec(method, device, batch, **recipe, **local, method_kwargs=kwargs)
 
 
 def make_images(spec: Spec, count: int) -> Tensor:
@@ -122,7 +177,8 @@ def make_images(spec: Spec, count: int) -> Tensor:
 
 
 class UInt8Images(Dataset):
-    """``{"image": (3, S, S) uint8}`` samples, as the project's data modules yield them."""
+    """``{"image": (3, S, S) uint8, "labels": {"class": int}}`` samples, as the project's data
+    modules yield them (10 classes, for SupCon)."""
 
     def __init__(self, images: Tensor, length: int) -> None:
         self.images, self.length = images, length
@@ -131,7 +187,7 @@ class UInt8Images(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict:
-        return {"image": self.images[index % len(self.images)]}
+        return {"image": self.images[index % len(self.images)], "labels": {"class": index % 10}}
 
 
 class PILImages(Dataset):
@@ -219,9 +275,14 @@ class Config:
 
 
 def our_augment(spec: Spec) -> SimCLRAugment:
-    """Our view distribution equal to lightly's (see :func:`make_spec`)."""
+    """Our view distribution equal to lightly's (see :func:`make_spec`); multi-crop's local
+    views get the same photometric transforms."""
     b, c, s, h = spec.jitter
-    return SimCLRAugment(
+    multi_crop = {}
+    if spec.local_views:
+        multi_crop = dict(num_local=spec.local_views, local_size=spec.local_size, size=spec.size)
+    return (MultiCropAugment if spec.local_views else SimCLRAugment)(
+        **multi_crop,
         crop_scale=(0.08, 1.0),  # lightly's min_scale
         color_jitter=0.8,
         brightness=b,
@@ -237,30 +298,33 @@ def our_augment(spec: Spec) -> SimCLRAugment:
 
 
 def build_method(spec: Spec, channels_last: bool) -> ContrastiveMethod:
-    """Our SimCLR or BYOL with the spec's backbone, heads and views, on the spec's device."""
+    """The spec's method with its backbone, heads and views, on the spec's device: SimCLR and
+    BYOL with lightly's heads and layout when the spec gives them (``hidden``), any other
+    image method with its own heads."""
     torch.manual_seed(0)
     common = dict(
         backbone=spec.backbone,
-        backbone_kwargs={"small_stem": spec.small_stem},
+        backbone_kwargs={"small_stem": spec.small_stem} if "resnet" in spec.backbone else {},
         augment=our_augment(spec),
         optimizer=OPTIMIZER,
         channels_last=channels_last,
     )
-    # One forward per view, as lightly's examples do (and BYOL's own code).
-    common.update(projector_hidden_dim=spec.hidden, projector_dim=spec.out, separate_views=True)
-    if spec.method == "simclr":
-        model = SimCLR(**common)
-    else:
-        model = BYOL(predictor_hidden_dim=spec.predictor_hidden, **common)
-    model = model.to(spec.device)
+    if spec.hidden and spec.method in ("simclr", "byol"):
+        # One forward per view, as lightly's examples do (and BYOL's own code).
+        common.update(projector_hidden_dim=spec.hidden, projector_dim=spec.out)
+        common.update(separate_views=True)
+        if spec.method == "byol":
+            common.update(predictor_hidden_dim=spec.predictor_hidden)
+    model = IMAGE_METHODS[spec.method](**{**common, **spec.method_kwargs}).to(spec.device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def _compile(model: ContrastiveMethod) -> None:
-    """torch.compile every network of the method in place (state_dict keys unchanged)."""
-    for name in ("backbone", "projector", "predictor", "target_backbone", "target_projector"):
-        if hasattr(model, name):
-            getattr(model, name).compile()
+    """torch.compile every network of the method in place (state_dict keys unchanged): each
+    child module with parameters (backbone, heads, momentum copies), not the augmentation."""
+    for name, child in model.named_children():
+        if name != "augment" and next(child.parameters(), None) is not None:
+            child.compile()
 
 
 def our_loader(spec: Spec, images: Tensor, batches: int, workers: int) -> DataLoader:
@@ -367,7 +431,7 @@ def ours_lightning(
         _compile(model)
 
     def fit(max_steps: int, callbacks: list) -> None:
-        if isinstance(model, BYOL):
+        if isinstance(model, MomentumMethod):
             model._ema_step = -1  # a new Trainer restarts global_step at 0
         trainer = Trainer(
             accelerator="gpu" if spec.device.type == "cuda" else "cpu",
@@ -561,42 +625,28 @@ def lightly_loop(spec: Spec, images: Tensor, batches: int, workers: int) -> Conf
 # ---- FLOPs and MFU ------------------------------------------------------------------------
 
 
-def _forward_flops(module: nn.Module, x: Tensor) -> tuple[float, Tensor]:
-    """Multiply-add FLOPs (2 per MAC) of the convolutions and linears of one forward of ``x``."""
-    total = [0.0]
-
-    def count(m: nn.Module, inputs: tuple, out: Tensor) -> None:
-        if isinstance(m, nn.Conv2d):
-            kernel = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
-            total[0] += 2.0 * out.numel() * kernel
-        elif isinstance(m, nn.Linear):
-            total[0] += 2.0 * out.numel() * m.in_features
-
-    hooks = [m.register_forward_hook(count) for m in module.modules()]
-    try:
-        out = module(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return total[0], out
+FLOP_BATCH = 16  # images of the counted step: FLOPs per image hardly depend on the batch
 
 
-@torch.no_grad()
-def analytic_flops(spec: Spec) -> float:
-    """Training FLOPs per image (two views) of our model for the spec, counted on the CPU.
+def training_flops(spec: Spec) -> float:
+    """FLOPs per image of one training step of the spec's model, on the spec's device.
 
-    3x the forward of what is trained (forward, and the two matmuls of backward), plus BYOL's
-    target forward; convolutions and linears only, elementwise work left out. lightly's
-    model has the same layers, so the same count serves its rows.
+    ``FlopCounterMode`` counts the matrix products and convolutions that run in the loss's
+    forward and backward (a momentum encoder's forward included) on ``FLOP_BATCH`` images
+    with their views made first (the augmentation is not counted), in float32 (the count does
+    not depend on the dtype). Elementwise work is left out, as MFU conventionally does. Per
+    image, the count hardly depends on the batch: only the loss's batch-by-batch products
+    grow faster, and they are a millionth of the step at batch 256. lightly's model has the
+    same layers, so the same count serves its rows.
     """
-    model = build_method(dataclasses.replace(spec, device=torch.device("cpu")), False).eval()
-    x = torch.zeros(1, 3, spec.size, spec.size)  # eval: BatchNorm1d takes one row
-    backbone, features = _forward_flops(model.backbone, x)
-    projector, z = _forward_flops(model.projector, features)
-    if isinstance(model, BYOL):
-        predictor = _forward_flops(model.predictor, z)[0]
-        return 2 * (3 * (backbone + projector + predictor) + backbone + projector)
-    return 2 * 3 * (backbone + projector)
+    model = build_method(spec, channels_last=False)
+    images = make_images(dataclasses.replace(spec, batch=FLOP_BATCH), FLOP_BATCH).to(spec.device)
+    batch = {"image": images, "labels": {"class": torch.arange(FLOP_BATCH, device=spec.device) % 2}}
+    batch["views"] = model.make_views(batch)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model.training_loss(batch).backward()
+    return counter.get_total_flops() / FLOP_BATCH
 
 
 def peak_flops(device: torch.device, override: float | None) -> float | None:
@@ -634,7 +684,10 @@ def _precision_label(bf16: bool, channels_last: bool) -> str:
 def build_configs(
     spec: Spec, args: argparse.Namespace, bf16: bool, with_lightly: bool
 ) -> list[Config]:
-    """Every row for one method: ours in settings (a) and (b) (and compiled), and lightly."""
+    """Every row for one method: ours in settings (a) and (b) (and compiled), and lightly.
+
+    The plain loop and lightly exist for SimCLR and BYOL; other methods get the Lightning rows.
+    """
     batches = args.steps + 1  # n + 1 ready batches time n steps
     images = make_images(spec, min(batches, 4) * spec.batch)
     ours_workers = args.workers if spec.device.type == "cuda" else 0  # views are made in-process
@@ -646,12 +699,15 @@ def build_configs(
     configs = []
     for setting, use_bf16, channels_last, compiled in settings:
         for factory, name in ((ours_lightning, "lightning"), (ours_plain, "plain")):
+            if name == "plain" and spec.method not in ("simclr", "byol"):
+                continue
             full = f"{name}-{setting}" + ("-compile" if compiled else "")
             if wanted is None or full in wanted:
                 configs.append(factory(spec, loader, setting, use_bf16, channels_last, compiled))
+    with_lightly = with_lightly and spec.method in ("simclr", "byol")
     if with_lightly and (wanted is None or "lightly" in wanted):
         configs.append(lightly_loop(spec, images, batches, args.workers))
-    flops = analytic_flops(spec)
+    flops = training_flops(spec)
     for config in configs:
         config.flops_per_image = flops
     return configs
@@ -736,7 +792,11 @@ def table(spec: Spec, configs: list[Config], steps: int, peak: float | None, not
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="simclr,byol", help="comma-separated")
+    parser.add_argument(
+        "--methods",
+        default="simclr,byol",
+        help=f"comma-separated, from: {', '.join(sorted(IMAGE_METHODS))}",
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, help="images per batch (default 256)")
     parser.add_argument(
@@ -773,8 +833,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.only and (unknown := set(args.only) - rows - {"lightly"}):
         parser.error(f"unknown rows {sorted(unknown)}; expected from {sorted(rows | {'lightly'})}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if unknown := set(methods) - {"simclr", "byol"}:
-        parser.error(f"unknown methods {sorted(unknown)}; expected simclr and/or byol")
+    if unknown := set(methods) - set(IMAGE_METHODS):
+        parser.error(f"unknown methods {sorted(unknown)}; expected from {sorted(IMAGE_METHODS)}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")

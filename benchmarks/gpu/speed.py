@@ -1,0 +1,156 @@
+"""Throughput of every image method in a real Lightning fit, with MFU.
+
+Each method of ``contrastive.methods`` (``throughput.IMAGE_METHODS``) as ``benchmarks/
+throughput.py --device cuda`` builds it (``make_spec``): ResNet-50 at 224 px, batch 256, two
+views, or multi-crop where the paper uses it (DINO 2x224 + 8x96, SwAV 2x224 + 6x96);
+SimCLR's ImageNet view distribution; bf16-mixed and channels-last; SimCLR and BYOL with
+lightly's (the papers') heads and one forward per view, the others with their own defaults.
+Timed by ``throughput.ours_lightning``: a ``lightning.Trainer`` fit over uint8 images held in
+memory (loader workers pinning memory, views made on the device), from the first batch
+ready to the last, after a warm-up fit (which compiles, for the compiled rows). Images per
+second count source images (each with all its views). MFU: ``throughput.training_flops``
+(``FlopCounterMode`` on one step) times images per second, against the device's bf16 dense
+peak (``throughput.peak_flops``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from pathlib import Path
+
+import torch
+from throughput import (
+    IMAGE_METHODS,
+    MULTI_CROP,
+    Spec,
+    make_images,
+    make_spec,
+    our_loader,
+    ours_lightning,
+    training_flops,
+)
+
+from gpu.common import FAIL, Row, release, run_case
+
+MAIN = ("simclr", "byol", "moco_v3")  # first, and the ones compiled
+# --quick (the suite runs it on the CPU) runs these: multi-crop and momentum, labels.
+QUICK = ("simclr", "dino", "supcon")
+# --quick: an argument a method has is taken down to this if its default is larger.
+SHRINK = dict(
+    projector_hidden_dim=16,
+    projector_dim=8,
+    predictor_hidden_dim=16,
+    num_prototypes=16,
+    queue_size=16,
+    queue_start_epoch=0,
+    freeze_prototypes_steps=0,
+    freeze_last_layer_epochs=0,
+)
+
+
+def method_order(quick: bool = False) -> list[str]:
+    """The main three first, then the rest by name; ``quick``: ``QUICK`` only."""
+    names = set(QUICK if quick else IMAGE_METHODS)
+    return [m for m in MAIN if m in names] + sorted(names - set(MAIN))
+
+
+def _defaults(cls: type) -> dict:
+    """The ``__init__`` defaults of ``cls`` and of the bases its ``**kwargs`` reach."""
+    defaults = {}
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            for p in inspect.signature(klass.__init__).parameters.values():
+                if p.default is not p.empty:
+                    defaults.setdefault(p.name, p.default)
+    return defaults
+
+
+def spec_for(method: str, device: torch.device, batch: int, quick: bool) -> Spec:
+    """``make_spec``'s recipe; ``quick``: a width-4 CNN on 16 px images and tiny heads."""
+    if not quick:
+        return make_spec(method, device, batch)
+    defaults = _defaults(IMAGE_METHODS[method])
+    kwargs = {k: min(v, defaults[k]) for k, v in SHRINK.items() if k in defaults}
+    kwargs["backbone_kwargs"] = {"width": 4}
+    kwargs.update(make_spec(method, device, batch).method_kwargs)  # SupCon's label field
+    return Spec(
+        method, device, batch, backbone="small_cnn", small_stem=False, size=16, hidden=0,
+        out=0, local_views=min(2, MULTI_CROP.get(method, 0)), local_size=8,
+        method_kwargs=kwargs,
+    )  # fmt: skip
+
+
+def views_label(spec: Spec) -> str:
+    local = f"+{spec.local_views}x{spec.local_size}" if spec.local_views else ""
+    return f"2x{spec.size}{local}"
+
+
+def measure(spec: Spec, bf16: bool, compiled: bool, steps: int) -> dict:
+    """Images per second of ``steps`` training steps in a Lightning fit, and the warm-up's
+    seconds (torch.compile's time, for a compiled model)."""
+    workers = min(8, os.cpu_count() or 1) if spec.device.type == "cuda" else 0
+    images = make_images(spec, min(steps + 1, 4) * spec.batch)
+    loader = our_loader(spec, images, steps + 1, workers)
+    config = ours_lightning(spec, loader, "b", bf16, True, compiled)
+    start = time.perf_counter()
+    config.warmup()
+    warmup = time.perf_counter() - start
+    seconds = config.times["e2e"](steps)
+    return {"images_per_second": steps * spec.batch / seconds, "warmup_seconds": warmup}
+
+
+def run(
+    methods: list[str],
+    device: torch.device,
+    quick: bool,
+    compiled: bool,
+    steps: int,
+    batch: int,
+    peak: float | None,
+    log: Path,
+    flops: dict[str, float],
+) -> list[Row]:
+    """One row per method. ``flops`` caches each method's count (the compiled rows reuse the
+    eager rows')."""
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    precision = ("bf16-mixed" if bf16 else "fp32") + ", channels-last"
+    rows = []
+    for method in methods:
+        spec = spec_for(method, device, batch, quick)
+        case = f"{method} {views_label(spec)} {'compiled' if compiled else 'eager'}"
+        if method not in flops:
+            count, error = run_case(log, training_flops, spec)
+            if error is None:
+                flops[method] = count
+        timing, error = run_case(log, measure, spec, bf16, compiled, steps)
+        release(device)
+        if error is not None:
+            rows.append(Row("throughput", case, error, FAIL))
+            continue
+        rate = timing["images_per_second"]
+        data = {
+            "method": method,
+            "views": views_label(spec),
+            "backbone": spec.backbone,
+            "batch": spec.batch,
+            "precision": precision,
+            "compiled": compiled,
+            "steps": steps,
+            "images_per_second": round(rate, 1),
+            "warmup_seconds": round(timing["warmup_seconds"], 1),
+            "flops_per_image": flops.get(method),
+        }
+        result = f"{rate:,.0f} img/s"
+        if flops.get(method):
+            tflops = flops[method] * rate / 1e12
+            data["tflops"] = round(tflops, 4)
+            result += f", {tflops:.1f} TFLOP/s" if tflops >= 1 else f", {tflops * 1e3:.1f} GFLOP/s"
+            if peak:
+                data["mfu"] = round(tflops * 1e12 / peak, 4)
+                result += f", MFU {data['mfu']:.1%}"
+        if compiled:
+            result += f" (compile and warm-up {timing['warmup_seconds']:.0f} s)"
+        rows.append(Row("throughput", case, result, data=data))
+    return rows
