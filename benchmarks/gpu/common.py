@@ -85,11 +85,15 @@ def quiet(log: Path) -> Iterator[None]:
                     lg.setLevel(level)
 
 
-def first_line(error: BaseException, log: Path | None = None) -> str:
+def first_line(error: BaseException, log: Path | None = None, offset: int = 0) -> str:
     """The first line of what went wrong: the exception's, or for a ``SystemExit`` (the CLI's
-    parse errors and one-line ``error:`` messages) the first ``error:`` line of ``log``."""
+    parse errors and one-line ``error:`` messages) the first ``error:`` line that the case
+    wrote to ``log`` (from byte ``offset``)."""
     if isinstance(error, SystemExit) and log is not None and log.is_file():
-        lines = [line.strip() for line in log.read_text().splitlines() if line.strip()]
+        with open(log, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
         errors = [line for line in lines if line.startswith("error:")]
         text = (errors or lines[-1:] or [f"exit status {error.code}"])[0]
     else:
@@ -101,13 +105,14 @@ def first_line(error: BaseException, log: Path | None = None) -> str:
 def run_case(log: Path, function, *args, **kwargs) -> tuple[object, str | None]:
     """``function(*args, **kwargs)`` quietly: ``(its result, None)``, or ``(None, the first
     line of its error)``. A ``SystemExit(0)`` is a success."""
+    offset = log.stat().st_size if log.is_file() else 0
     try:
         with quiet(log):
             return function(*args, **kwargs), None
     except SystemExit as error:
         if error.code in (0, None):
             return None, None
-        return None, first_line(error, log)
+        return None, first_line(error, log, offset)
     except Exception as error:  # a failing case is a FAIL row, not the end of the check
         with open(log, "a") as f:
             import traceback

@@ -138,17 +138,17 @@ def run(
             "precision": precision,
             "compiled": compiled,
             "steps": steps,
-            "images_per_second": round(rate, 1),
+            "images_per_second": rate,
             "warmup_seconds": round(timing["warmup_seconds"], 1),
             "flops_per_image": flops.get(method),
         }
         result = f"{rate:,.0f} img/s"
         if flops.get(method):
             tflops = flops[method] * rate / 1e12
-            data["tflops"] = round(tflops, 4)
+            data["tflops"] = tflops
             result += f", {tflops:.1f} TFLOP/s" if tflops >= 1 else f", {tflops * 1e3:.1f} GFLOP/s"
             if peak:
-                data["mfu"] = round(tflops * 1e12 / peak, 4)
+                data["mfu"] = tflops * 1e12 / peak
                 result += f", MFU {data['mfu']:.1%}"
         if compiled:
             result += f" (compile and warm-up {timing['warmup_seconds']:.0f} s)"
