@@ -70,7 +70,7 @@ if str(ROOT) not in sys.path:  # a bare checkout on a GPU machine: the package i
 import torch  # noqa: E402
 from gpu import negatives, pipeline, smoke, speed  # noqa: E402
 from gpu.common import FAIL, SKIPPED, Budget, Row, command_line, device_info  # noqa: E402
-from throughput import peak_flops  # noqa: E402
+from throughput_specs import peak_flops  # noqa: E402
 
 PARTS = ("smoke", "throughput", "pipeline", "negatives", "fashion")
 COMPILE_SECONDS = 90  # a compiled row: compiling ResNet-50's step, then timing it

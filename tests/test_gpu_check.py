@@ -92,7 +92,7 @@ def test_a_failing_case_is_a_fail_row_with_its_first_line_and_exit_status_1(
 
 
 def test_the_peak_is_read_from_the_device_name_most_specific_first(monkeypatch):
-    from throughput import peak_flops
+    from throughput_specs import peak_flops
 
     cuda = torch.device("cuda")
     for name, tflops in [
@@ -111,7 +111,7 @@ def test_the_peak_is_read_from_the_device_name_most_specific_first(monkeypatch):
 @pytest.mark.parametrize("method", ["simclr", "byol"])
 def test_training_flops_count_the_backward_and_the_momentum_encoder(method):
     from gpu.speed import spec_for
-    from throughput import FLOP_BATCH, build_method, training_flops
+    from throughput_ours import FLOP_BATCH, build_method, training_flops
 
     spec = spec_for(method, torch.device("cpu"), 8, quick=True)
     model = build_method(spec, channels_last=False)

@@ -10,7 +10,7 @@ loader worker, so that every worker decodes several batches of an epoch. Then, w
   the second pass (the workers started by the first);
 - *fit*: SimCLR as the throughput part builds it (ResNet-50, bf16-mixed, channels-last) in a
   Lightning fit of one epoch over the folder, timed from the first batch ready to the last
-  step (``throughput._BatchClock``), capped by the loader's own rate: the workers deliver
+  step (``throughput_ours._BatchClock``), capped by the loader's own rate: the workers deliver
   their batches in bursts (each worker one batch of 256 at a time), which a clock from the
   first batch overstates when the loader is the bottleneck;
 - against *model-only*: the same fit from uint8 images held in memory (the throughput
@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 from decode import write_jpegs
 from lightning.pytorch import Trainer
-from throughput import Spec, _BatchClock, build_method
+from throughput_ours import _BatchClock, build_method
+from throughput_specs import Spec
 
 from contrastive.datamodules import ImageFolderDataModule
 from gpu.common import FAIL, OK, Row, release, run_case, sync

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from decode import write_jpegs
-from throughput import IMAGE_METHODS
+from throughput_specs import IMAGE_METHODS
 
 from contrastive.cli import main
 from gpu.common import FAIL, OK, Row, release, run_case

@@ -1,16 +1,16 @@
 """Throughput of every image method in a real Lightning fit, with MFU.
 
-Each method of ``contrastive.methods`` (``throughput.IMAGE_METHODS``) as ``benchmarks/
+Each method of ``contrastive.methods`` (``throughput_specs.IMAGE_METHODS``) as ``benchmarks/
 throughput.py --device cuda`` builds it (``make_spec``): ResNet-50 at 224 px, batch 256, two
 views, or multi-crop where the paper uses it (DINO 2x224 + 8x96, SwAV 2x224 + 6x96);
 SimCLR's ImageNet view distribution; bf16-mixed and channels-last; SimCLR and BYOL with
 lightly's (the papers') heads and one forward per view, the others with their own defaults.
-Timed by ``throughput.ours_lightning``: a ``lightning.Trainer`` fit over uint8 images held in
-memory (loader workers pinning memory, views made on the device), from the first batch
-ready to the last, after a warm-up fit (which compiles, for the compiled rows). Images per
-second count source images (each with all its views). MFU: ``throughput.training_flops``
-(``FlopCounterMode`` on one step) times images per second, against the device's bf16 dense
-peak (``throughput.peak_flops``).
+Timed by ``throughput_ours.ours_lightning``: a ``lightning.Trainer`` fit over uint8 images
+held in memory (loader workers pinning memory, views made on the device), from the first
+batch ready to the last, after a warm-up fit (which compiles, for the compiled rows). Images
+per second count source images (each with all its views). MFU:
+``throughput_ours.training_flops`` (``FlopCounterMode`` on one step) times images per second,
+against the device's bf16 dense peak (``throughput_specs.peak_flops``).
 """
 
 from __future__ import annotations
@@ -21,16 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-from throughput import (
-    IMAGE_METHODS,
-    MULTI_CROP,
-    Spec,
-    make_images,
-    make_spec,
-    our_loader,
-    ours_lightning,
-    training_flops,
-)
+from throughput_ours import our_loader, ours_lightning, training_flops
+from throughput_specs import IMAGE_METHODS, MULTI_CROP, Spec, make_images, make_spec
 
 from gpu.common import FAIL, Row, release, run_case
 
