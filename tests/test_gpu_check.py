@@ -127,3 +127,21 @@ def test_training_flops_count_the_backward_and_the_momentum_encoder(method):
         assert 2.5 * forward < counted <= 3 * forward * 1.01
     else:  # the target's forward (backbone and projector) comes on top
         assert 3 * forward < counted <= 4 * forward * 1.01
+
+
+def test_the_commands_in_the_readme_and_benchmarks_parse():
+    import shlex
+
+    import gpu_check
+
+    root = BENCHMARKS.parent
+    text = (root / "README.md").read_text() + (root / "BENCHMARKS.md").read_text()
+    commands = [line for line in text.splitlines() if "benchmarks/gpu_check.py --" in line]
+    assert len(commands) >= 3
+    for line in commands:
+        words = shlex.split(line.split("#")[0])
+        args = words[words.index(next(w for w in words if w.endswith("gpu_check.py"))) + 1 :]
+        if "--device" not in args:
+            args += ["--device", "cpu"]  # the README's GPU commands, parsed on this CPU
+        parsed = gpu_check.parse(args)
+        assert parsed.parts and parsed.budget_minutes > 0, line
