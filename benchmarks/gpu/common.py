@@ -85,6 +85,18 @@ def quiet(log: Path) -> Iterator[None]:
                     lg.setLevel(level)
 
 
+@contextlib.contextmanager
+def inside(folder: Path) -> Iterator[None]:
+    """Run in ``folder`` (made if missing): the CLI writes ``runs/`` where it runs."""
+    before = os.getcwd()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def first_line(error: BaseException, log: Path | None = None, offset: int = 0) -> str:
     """The first line of what went wrong: the exception's, or for a ``SystemExit`` (the CLI's
     parse errors and one-line ``error:`` messages) the first ``error:`` line that the case

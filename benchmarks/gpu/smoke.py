@@ -16,10 +16,7 @@ GPU machine. Their methods run here from the other configs.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -27,7 +24,7 @@ from decode import write_jpegs
 from throughput_specs import IMAGE_METHODS
 
 from contrastive.cli import main
-from gpu.common import FAIL, OK, Row, release, run_case
+from gpu.common import FAIL, OK, Row, inside, release, run_case
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SHAPES = [  # shrunk data: 3 training steps, a small kNN bank and query set
@@ -77,17 +74,6 @@ def cases(jpegs: Path) -> list[tuple[str, str, list[str]]]:
     ]  # fmt: skip
 
 
-@contextlib.contextmanager
-def _inside(folder: Path) -> Iterator[None]:
-    before = os.getcwd()
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
 def _common(device: torch.device, quick: bool) -> list[str]:
     """Flags of every case: the device, its precision, workers pinning memory on a GPU."""
     gpu = device.type == "cuda"
@@ -120,7 +106,7 @@ def run(device: torch.device, quick: bool, workdir: Path, log: Path) -> list[Row
             result = "parsed (--quick runs it on a GPU only)" if error is None else error
             rows.append(Row("smoke", case, result, FAIL if error else OK))
             continue
-        with _inside(workdir / name.replace(", ", "_").replace(" ", "_")):
+        with inside(workdir / name.replace(", ", "_").replace(" ", "_")):
             _, error = run_case(log, main, ["fit", *args])
             if error is None:
                 _, error = run_case(log, main, ["test", *args, "--ckpt_path=last"])

@@ -1,0 +1,173 @@
+"""A real training run: SimCLR and BYOL on Fashion-MNIST for a fixed time, then their probes.
+
+Each method trains from its recipe (``fashion_simclr.yaml``, ``fashion_byol.yaml`` beside this
+file) through the real ``contrastive fit``, for as many epochs as fit in its share of the time:
+
+1. *calibration*: the recipe's model and data, built by the CLI, train ``CALIBRATION_STEPS``
+   steps in a plain Trainer; the steady-state seconds per step (after the first few) give the
+   epochs that fit;
+2. *fit*: ``contrastive fit`` with ``trainer.max_epochs`` set to them (so that the warmup and
+   cosine schedule end with the run) and ``trainer.max_time`` as the stop;
+3. *probe*: ``contrastive probe`` on ``last.ckpt``: the weighted kNN and the linear probe of
+   the backbone's features (the evaluation layer's protocol: the training images as the bank,
+   the test split as queries), against the raw pixels' figures measured with the same
+   protocol (``benchmarks/fashion_mnist_pixels.py``: kNN 0.861, linear 0.846).
+
+Goal (issue #21): a linear probe of at least 0.90.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, Trainer
+
+from contrastive.cli import ContrastiveCLI, main
+from gpu.common import FAIL, OK, SKIPPED, Budget, Row, inside, release, run_case, sync
+
+HERE = Path(__file__).resolve().parent
+RECIPES = {"simclr": HERE / "fashion_simclr.yaml", "byol": HERE / "fashion_byol.yaml"}
+RAW_PIXELS = {"knn": 0.861, "linear": 0.846}  # benchmarks/fashion_mnist_pixels.py
+GOAL = 0.90
+CALIBRATION_STEPS = 40
+PROBE_SECONDS = 30  # kept back per method for its calibration and probes
+# --quick (on the CPU): a width-4 CNN, small heads, a few steps.
+QUICK = [
+    "--model.backbone=small_cnn",
+    "--model.backbone_kwargs={width: 4}",
+    "--model.projector_hidden_dim=16",
+    "--model.projector_dim=8",
+    "--data.batch_size=16",
+    "--data.num_workers=0",
+]
+
+
+class StepClock(Callback):
+    """The time at the start of each training step, the device synchronised."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        sync(pl_module.device)
+        self.times.append(time.perf_counter())
+
+    def seconds_per_step(self) -> float:
+        """The mean over the steps after the first quarter (kernels, autotuning, workers)."""
+        times = self.times[len(self.times) // 4 :]
+        if len(times) < 2:
+            raise RuntimeError(f"the calibration timed {len(self.times)} steps; need at least 3")
+        return (times[-1] - times[0]) / (len(times) - 1)
+
+
+def _flags(method: str, root: Path, device: torch.device, quick: bool) -> list[str]:
+    gpu = device.type == "cuda"
+    flags = [
+        f"--config={RECIPES[method]}",
+        f"--data.root={root}",
+        f"--trainer.accelerator={'gpu' if gpu else 'cpu'}",
+        f"--trainer.precision={'bf16-mixed' if gpu else '32-true'}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
+    if quick:
+        flags += QUICK + (["--model.predictor_hidden_dim=16"] if method == "byol" else [])
+    return flags
+
+
+def calibrate(flags: list[str], device: torch.device, steps: int) -> tuple[float, int]:
+    """Seconds per training step of the recipe, and its steps per epoch."""
+    cli = ContrastiveCLI(args=flags, run=False)
+    clock = StepClock()
+    trainer = Trainer(
+        accelerator=cli.trainer.accelerator, devices=1, precision=cli.trainer.precision,
+        max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[clock],
+    )  # fmt: skip
+    trainer.fit(cli.model, datamodule=cli.datamodule)
+    return clock.seconds_per_step(), trainer.num_training_batches
+
+
+def train_and_probe(
+    method: str, flags: list[str], seconds: float, steps: int, most_epochs: int | None, device
+) -> dict:
+    """Calibration, the timed fit and the probes of one method; its figures."""
+    step, per_epoch = calibrate(flags, device, steps)
+    release(device)
+    epochs = max(1, math.floor(seconds / (step * per_epoch)))
+    epochs = min(epochs, most_epochs or epochs)
+    limit = f"00:00:{int(seconds // 60):02d}:{int(seconds % 60):02d}"
+    start = time.perf_counter()
+    main(["fit", *flags, f"--trainer.max_epochs={epochs}", f"--trainer.max_time={limit}"])
+    fit_seconds = time.perf_counter() - start
+    release(device)
+    (checkpoint,) = Path("runs").glob(f"fashion_{method}/version_*/checkpoints/last.ckpt")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    from contrastive.evaluation.probe import main as probe
+
+    root = next(f.split("=", 1)[1] for f in flags if f.startswith("--data.root="))
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    results = probe([
+        "--ckpt", str(checkpoint), "--data", "VisionSetDataModule",
+        "--data.name", "fashion_mnist", f"--data.root={root}", "--accelerator", accelerator,
+        "--out", "runs/probe",
+    ])  # fmt: skip
+    return {
+        "seconds_per_step": step,
+        "planned_epochs": epochs,
+        "epochs": int(state["epoch"]) + 1,
+        "steps": int(state["global_step"]),
+        "fit_seconds": fit_seconds,
+        "knn": results.get("test/knn/class"),
+        "linear": results.get("test/linear/class"),
+    }
+
+
+def run(
+    root: Path,
+    device: torch.device,
+    quick: bool,
+    budget: Budget,
+    most: float,
+    workdir: Path,
+    log: Path,
+) -> list[Row]:
+    """Both methods in turn, each with up to ``most`` seconds of training, less if the budget
+    has less left (``quick``: one epoch); then the goal."""
+    rows = []
+    methods = list(RECIPES)
+    for i, method in enumerate(methods):
+        share = (budget.left() / (len(methods) - i)) - PROBE_SECONDS
+        seconds = 15.0 if quick else min(most, share)
+        case = f"{method}, ResNet-18 32 px, batch 512" if not quick else f"{method} (quick)"
+        if seconds < 30 and not quick:
+            rows.append(Row("fashion", case, f"budget: {budget.left():.0f} s left", SKIPPED))
+            continue
+        flags = _flags(method, root, device, quick)
+        steps = 3 if quick else CALIBRATION_STEPS
+        with inside(workdir / f"fashion_{method}"):
+            figures, error = run_case(
+                log, train_and_probe, method, flags, seconds, steps, 1 if quick else None, device
+            )
+        release(device)
+        if error is not None:
+            rows.append(Row("fashion", case, error, FAIL))
+            continue
+        figures.update(method=method, seconds=seconds, raw_knn=RAW_PIXELS["knn"],
+                       raw_linear=RAW_PIXELS["linear"])  # fmt: skip
+        result = (
+            f"{figures['epochs']} epochs ({figures['steps']:,} steps) in "
+            f"{figures['fit_seconds']:.0f} s: kNN {figures['knn']:.3f}, linear "
+            f"{figures['linear']:.3f} (raw pixels {RAW_PIXELS['knn']}, {RAW_PIXELS['linear']})"
+        )
+        rows.append(Row("fashion", case, result, OK, figures))
+    best = [r.data["linear"] for r in rows if r.status == OK and r.data.get("linear") is not None]
+    if best:
+        top = max(best)
+        rows.append(Row("goal", f"Fashion-MNIST linear probe at least {GOAL}", f"{top:.3f}",
+                        "met" if top >= GOAL else "NOT met", {"linear": top}))  # fmt: skip
+    return rows
