@@ -140,6 +140,9 @@ def run(args: argparse.Namespace, workdir: Path, log: Path) -> list[Row]:
     flops: dict[str, float] = {}
     measure = dict(device=device, quick=args.quick, steps=args.steps, batch=args.batch_size,
                    peak=peak, log=log, flops=flops)  # fmt: skip
+    if "pipeline" in args.parts:  # first: its writer processes fork before CUDA starts
+        progress("pipeline: writing the JPEGs")
+        jpegs, written = pipeline.prepare(workdir, args.batch_size, args.quick)
     if "smoke" in args.parts:
         progress("smoke: fit and test per case")
         rows += smoke.run(device, args.quick, workdir, log)
@@ -157,7 +160,7 @@ def run(args: argparse.Namespace, workdir: Path, log: Path) -> list[Row]:
         if not model:
             rows += speed.run(["simclr"], compiled=False, **measure)
             model = [rows[-1].data.get("images_per_second")]
-        rows += pipeline.run(simclr, model[0], args.quick, workdir, log)
+        rows += [written, *pipeline.run(jpegs, simclr, model[0], log)]
     if "negatives" in args.parts:
         progress("negatives: the tiled loss against the dense loss and ClipLoss")
         rows += negatives.run(args.sizes, 512, args.tile, device)

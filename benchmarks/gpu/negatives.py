@@ -55,9 +55,12 @@ def measure(loss: str, n: int, dim: int, tile: int, device: torch.device) -> dic
 def run(sizes: list[int], dim: int, tile: int, device: torch.device) -> list[Row]:
     """One row per (N, loss), then the two goals."""
     losses = [loss for loss in LOSSES if available(loss)]
+    rows = [
+        Row("negatives", loss, "not installed", SKIPPED) for loss in LOSSES if loss not in losses
+    ]
     for loss in losses:  # warm-up: kernels, cuBLAS
         measure(loss, min(sizes), dim, tile, device)
-    rows, results = [], {}
+    results = {}
     for n in sizes:
         inputs_gb = 2 * n * dim * 4 / 2**30
         for loss in losses:

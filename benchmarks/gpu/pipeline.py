@@ -104,18 +104,25 @@ def fit_rate(root: Path, spec: Spec, workers: int, on_device: bool, bf16: bool) 
     return (trainer.num_training_batches - 1) * spec.batch / clock.clock.seconds
 
 
-def run(spec: Spec, model_rate: float | None, quick: bool, workdir: Path, log: Path) -> list[Row]:
-    """The loader and fit rates of both decoders against ``model_rate`` (the model-only
-    images per second of ``spec``), then the goal."""
+def prepare(workdir: Path, batch: int, quick: bool) -> tuple[Path, Row]:
+    """The JPEG folder, written first (its writers are forked before CUDA starts): 4 batches
+    per loader worker, a worker per core."""
+    root = workdir / "pipeline_jpegs"
+    unique, sides = (16, (48, 96)) if quick else (1024, (256, 1024))
+    written = write_folder(root, unique, 4 * (os.cpu_count() or 1) * batch, sides)
+    row = Row("pipeline", f"{written['files']:,} JPEGs ({written['unique']:,} distinct)",
+              f"{sides[0]}-{sides[1]} px a side, {written['mean_kib']:.0f} KiB on average, "
+              f"written in {written['seconds']:.0f} s", data=written)  # fmt: skip
+    return root, row
+
+
+def run(root: Path, spec: Spec, model_rate: float | None, log: Path) -> list[Row]:
+    """The loader and fit rates of both decoders over the folder ``root`` against
+    ``model_rate`` (the model-only images per second of ``spec``), then the goal."""
     device = spec.device
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     workers = os.cpu_count() or 1
-    root = workdir / "pipeline_jpegs"
-    unique, sides = (16, (48, 96)) if quick else (1024, (256, 1024))
-    written = write_folder(root, unique, 4 * workers * spec.batch, sides)
-    rows = [Row("pipeline", f"{written['files']:,} JPEGs ({written['unique']:,} distinct)",
-                f"{sides[0]}-{sides[1]} px a side, {written['mean_kib']:.0f} KiB on average, "
-                f"written in {written['seconds']:.0f} s", data=written)]  # fmt: skip
+    rows = []
     if model_rate is None:
         rows.append(Row("pipeline", "model-only", "no throughput row for simclr", FAIL))
     best = None
