@@ -133,6 +133,13 @@ def run_case(log: Path, function, *args, **kwargs) -> tuple[object, str | None]:
         return None, first_line(error)
 
 
+def cores() -> int:
+    """The CPU cores this process may use."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
@@ -150,9 +157,7 @@ def device_info(device: torch.device) -> dict:
         "lightning": _version("lightning"),
         "timm": _version("timm"),
         "kornia": _version("kornia"),
-        "cpus": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
+        "cpus": cores(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

@@ -35,7 +35,7 @@ from throughput_ours import _BatchClock, build_method
 from throughput_specs import Spec
 
 from contrastive.datamodules import ImageFolderDataModule
-from gpu.common import FAIL, OK, Row, release, run_case, sync
+from gpu.common import FAIL, OK, Row, cores, release, run_case, sync
 
 
 def _write_part(args: tuple) -> int:
@@ -46,10 +46,10 @@ def write_folder(root: Path, unique: int, total: int, sides: tuple[int, int]) ->
     """``unique`` JPEGs written by a process per core, then hard links (copies where links
     fail) up to ``total`` files. Returns what was written."""
     start = time.perf_counter()
-    cores = os.cpu_count() or 1
-    parts = [(root / "unique" / f"part_{k}", unique // cores + (k < unique % cores), k, sides)
-             for k in range(cores)]  # fmt: skip
-    with multiprocessing.get_context("fork").Pool(cores) as pool:
+    processes = cores()
+    parts = [(root / "unique" / f"part_{k}", unique // processes + (k < unique % processes), k,
+              sides) for k in range(processes)]  # fmt: skip
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
         size = sum(pool.map(_write_part, [p for p in parts if p[1] > 0]))
     files = sorted((root / "unique").rglob("*.jpg"))
     for i in range(total - len(files)):
@@ -109,7 +109,7 @@ def prepare(workdir: Path, batch: int, quick: bool) -> tuple[Path, Row]:
     per loader worker, a worker per core."""
     root = workdir / "pipeline_jpegs"
     unique, sides = (16, (48, 96)) if quick else (1024, (256, 1024))
-    written = write_folder(root, unique, 4 * (os.cpu_count() or 1) * batch, sides)
+    written = write_folder(root, unique, 4 * cores() * batch, sides)
     row = Row("pipeline", f"{written['files']:,} JPEGs ({written['unique']:,} distinct)",
               f"{sides[0]}-{sides[1]} px a side, {written['mean_kib']:.0f} KiB on average, "
               f"written in {written['seconds']:.0f} s", data=written)  # fmt: skip
@@ -121,7 +121,7 @@ def run(root: Path, spec: Spec, model_rate: float | None, log: Path) -> list[Row
     ``model_rate`` (the model-only images per second of ``spec``), then the goal."""
     device = spec.device
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    workers = os.cpu_count() or 1
+    workers = cores()
     rows = []
     if model_rate is None:
         rows.append(Row("pipeline", "model-only", "no throughput row for simclr", FAIL))

@@ -16,7 +16,6 @@ against the device's bf16 dense peak (``throughput_specs.peak_flops``).
 from __future__ import annotations
 
 import inspect
-import os
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 from throughput_ours import our_loader, ours_lightning, training_flops
 from throughput_specs import IMAGE_METHODS, MULTI_CROP, Spec, make_images, make_spec
 
-from gpu.common import FAIL, Row, release, run_case
+from gpu.common import FAIL, Row, cores, release, run_case
 
 MAIN = ("simclr", "byol", "moco_v3")  # first, and the ones compiled
 # --quick (the suite runs it on the CPU) runs these: multi-crop and momentum, labels.
@@ -82,7 +81,7 @@ def views_label(spec: Spec) -> str:
 def measure(spec: Spec, bf16: bool, compiled: bool, steps: int) -> dict:
     """Images per second of ``steps`` training steps in a Lightning fit, and the warm-up's
     seconds (torch.compile's time, for a compiled model)."""
-    workers = min(8, os.cpu_count() or 1) if spec.device.type == "cuda" else 0
+    workers = min(8, cores()) if spec.device.type == "cuda" else 0
     images = make_images(spec, min(steps + 1, 4) * spec.batch)
     loader = our_loader(spec, images, steps + 1, workers)
     config = ours_lightning(spec, loader, "b", bf16, True, compiled)
