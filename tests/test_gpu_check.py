@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_vision_sets import write_fake_fashion_mnist
 from torch.utils.flop_counter import FlopCounterMode
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -21,11 +22,13 @@ def _benchmarks_on_path(monkeypatch, tmp_path):
 
 def test_the_quick_check_runs_every_part_and_writes_its_figures(tmp_path, capsys):
     import gpu_check
-    from gpu import smoke, speed
+    from gpu import fashion, smoke, speed
 
     out = tmp_path / "check.json"
-    parts = "smoke,throughput,pipeline,negatives"
-    assert gpu_check.main(["--device", "cpu", "--quick", "--parts", parts, "--out", str(out)]) == 0
+    fashion_mnist = tmp_path / "fashion-mnist"  # 10 batches of 16, limited to QUICK_STEPS
+    write_fake_fashion_mnist(fashion_mnist, gzipped=True, train=160, test=40)
+    args = ["--device", "cpu", "--quick", "--fashion-mnist", str(fashion_mnist)]
+    assert gpu_check.main([*args, "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     printed = capsys.readouterr().out
     assert printed.startswith("GPU check: ") and "no failures" in printed
@@ -65,6 +68,15 @@ def test_the_quick_check_runs_every_part_and_writes_its_figures(tmp_path, capsys
     goals = {r["case"] for r in by_part["goal"]}
     assert any("tiled loss peak" in g for g in goals) and any("90%" in g for g in goals)
     assert any(g.startswith("SimCLR at least") for g in goals)
+
+    trained = by_part["fashion"]
+    assert [r["method"] for r in trained] == ["simclr", "byol"]
+    for r in trained:  # one epoch of QUICK_STEPS steps, then contrastive probe's figures
+        assert r["status"] == "ok" and r["steps"] == fashion.QUICK_STEPS
+        assert r["epochs"] == pytest.approx(fashion.QUICK_STEPS / 10)
+        assert 0 <= r["knn"] <= 1 and 0 <= r["linear"] <= 1
+    (goal,) = [r for r in by_part["goal"] if "Fashion-MNIST" in r["case"]]
+    assert goal["linear"] == max(r["linear"] for r in trained)
     assert Path(out.with_suffix(".log")).is_file()
 
 

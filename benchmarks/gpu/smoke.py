@@ -59,7 +59,7 @@ def cases(jpegs: Path) -> list[tuple[str, str, list[str]]]:
         "--data.num_bank=16",
         "--data.decode_on_device=true",
     ]
-    triplets = ["--model.towers=null", "--model.eval_queries=16", *SHAPES]
+    triplets = ["--model.towers=null", *SHAPES]
     return [
         *[(name, f"{name}.yaml", SHAPES) for name in sorted(IMAGE_METHODS)],
         ("clip, text tower", "clip.yaml", SHAPES),
