@@ -80,6 +80,24 @@ def test_the_quick_check_runs_every_part_and_writes_its_figures(tmp_path, capsys
     assert Path(out.with_suffix(".log")).is_file()
 
 
+def test_no_case_starts_once_the_budget_is_spent(tmp_path):
+    import gpu_check
+
+    fashion_mnist = tmp_path / "fashion-mnist"
+    write_fake_fashion_mnist(fashion_mnist, gzipped=True, train=32, test=8)
+    out = tmp_path / "check.json"
+    args = ["--device", "cpu", "--quick", "--budget-minutes", "0", "--out", str(out)]
+    assert gpu_check.main([*args, "--fashion-mnist", str(fashion_mnist)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    folder, *cases = [r for r in rows if r["part"] == "pipeline"]
+    assert folder["status"] == "ok"  # written before any case
+    compiled = [r for r in rows if r["case"].endswith(" compiled")]
+    assert compiled and all(r["result"] == "--quick" for r in compiled)
+    spent = [r for r in rows if r is not folder and r not in compiled]
+    assert {r["part"] for r in spent} == {"smoke", "throughput", "pipeline", "negatives", "fashion"}
+    assert all(r["status"] == "skipped" and r["result"] == "budget spent (0 min)" for r in spent)
+
+
 def test_a_failing_case_is_a_fail_row_with_its_first_line_and_exit_status_1(
     tmp_path, monkeypatch, capsys
 ):

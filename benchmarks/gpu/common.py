@@ -46,7 +46,9 @@ class Row:
 
 
 class Budget:
-    """The seconds left until a deadline, for parts that size themselves to what remains."""
+    """The seconds left until a deadline: parts size themselves to what remains, and no case
+    starts once it has passed (a run ends at most one case past its budget, with its table and
+    JSON, rather than being killed by the device's time limit)."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -54,6 +56,12 @@ class Budget:
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
+
+    def spent(self, part: str, case: str) -> Row | None:
+        """A skipped row for ``case`` once the deadline has passed; ``None`` while time is left."""
+        if self.left() > 0:
+            return None
+        return Row(part, case, f"budget spent ({self.seconds / 60:g} min)", SKIPPED)
 
 
 def sync(device: torch.device) -> None:

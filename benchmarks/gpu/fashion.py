@@ -158,6 +158,9 @@ def run(
         share = (budget.left() / (len(methods) - i)) - PROBE_SECONDS
         seconds = QUICK_SECONDS if quick else min(most, share)
         case = f"{method}, ResNet-18 32 px, batch 512" if not quick else f"{method} (quick)"
+        if skipped := budget.spent("fashion", case):
+            rows.append(skipped)
+            continue
         if seconds < 30 and not quick:
             rows.append(Row("fashion", case, f"budget: {budget.left():.0f} s left", SKIPPED))
             continue

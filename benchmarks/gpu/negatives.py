@@ -20,7 +20,7 @@ import time
 import torch
 from loss_memory import available, make_loss, run_one
 
-from gpu.common import FAIL, OK, SKIPPED, Row, release, sync
+from gpu.common import FAIL, OK, SKIPPED, Budget, Row, release, sync
 
 LOSSES = ("dense", "tiled", "open_clip ClipLoss")
 
@@ -52,19 +52,22 @@ def measure(loss: str, n: int, dim: int, tile: int, device: torch.device) -> dic
         release(device)
 
 
-def run(sizes: list[int], dim: int, tile: int, device: torch.device) -> list[Row]:
+def run(sizes: list[int], dim: int, tile: int, device: torch.device, budget: Budget) -> list[Row]:
     """One row per (N, loss), then the two goals."""
     losses = [loss for loss in LOSSES if available(loss)]
     rows = [
         Row("negatives", loss, "not installed", SKIPPED) for loss in LOSSES if loss not in losses
     ]
-    for loss in losses:  # warm-up: kernels, cuBLAS
+    for loss in losses if budget.left() > 0 else ():  # warm-up: kernels, cuBLAS
         measure(loss, min(sizes), dim, tile, device)
     results = {}
     for n in sizes:
         inputs_gb = 2 * n * dim * 4 / 2**30
         for loss in losses:
             case = f"N={n:,} d={dim} {loss}"
+            if skipped := budget.spent("negatives", case):
+                rows.append(skipped)
+                continue
             r = results[n, loss] = measure(loss, n, dim, tile, device)
             data = {"n": n, "dim": dim, "loss": loss, "inputs_gb": round(inputs_gb, 4)}
             if "error" in r:

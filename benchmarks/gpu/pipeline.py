@@ -35,7 +35,7 @@ from throughput_ours import _BatchClock, build_method
 from throughput_specs import Spec
 
 from contrastive.datamodules import ImageFolderDataModule
-from gpu.common import FAIL, OK, Row, cores, release, run_case, sync
+from gpu.common import FAIL, OK, Budget, Row, cores, release, run_case, sync
 
 
 def _write_part(args: tuple) -> int:
@@ -116,18 +116,21 @@ def prepare(workdir: Path, batch: int, quick: bool) -> tuple[Path, Row]:
     return root, row
 
 
-def run(root: Path, spec: Spec, model_rate: float | None, log: Path) -> list[Row]:
+def run(root: Path, spec: Spec, model_rate: float | None, log: Path, budget: Budget) -> list[Row]:
     """The loader and fit rates of both decoders over the folder ``root`` against
     ``model_rate`` (the model-only images per second of ``spec``), then the goal."""
     device = spec.device
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     workers = cores()
     rows = []
-    if model_rate is None:
+    if model_rate is None and budget.left() > 0:
         rows.append(Row("pipeline", "model-only", "no throughput row for simclr", FAIL))
     best = None
     for on_device in (False, True):
         where = "decoded on the device" if on_device else f"decoded by {workers} workers"
+        if skipped := budget.spent("pipeline", f"simclr fit, JPEGs {where}"):
+            rows.append(skipped)
+            continue
         loader, error = run_case(log, loader_rate, root, spec, workers, on_device)
         release(device)
         if error is None:

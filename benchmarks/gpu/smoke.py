@@ -25,7 +25,7 @@ from decode import write_jpegs
 from throughput_specs import IMAGE_METHODS
 
 from contrastive.cli import main
-from gpu.common import FAIL, OK, Row, inside, release, run_case
+from gpu.common import FAIL, OK, Budget, Row, inside, release, run_case
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SHAPES = [  # shrunk data: 3 training steps, a small kNN bank and query set
@@ -92,7 +92,7 @@ def _common(device: torch.device, quick: bool) -> list[str]:
     ]
 
 
-def run(device: torch.device, quick: bool, workdir: Path, log: Path) -> list[Row]:
+def run(device: torch.device, quick: bool, workdir: Path, log: Path, budget: Budget) -> list[Row]:
     """Every case, ``fit`` then ``test``; one row each. ``quick``: the ``QUICK_RUNS`` cases,
     the others parsed only (``--print_config``: their flags still checked)."""
     jpegs = workdir / "jpegs"
@@ -102,6 +102,9 @@ def run(device: torch.device, quick: bool, workdir: Path, log: Path) -> list[Row
         args = [f"--config={CONFIGS / config}", *extra, *_common(device, quick)]
         start = time.perf_counter()
         case = f"{name} (configs/{config})"
+        if skipped := budget.spent("smoke", case):
+            rows.append(skipped)
+            continue
         if quick and name not in QUICK_RUNS:
             _, error = run_case(log, main, ["fit", *args, "--print_config"])
             result = "parsed (--quick runs it on a GPU only)" if error is None else error

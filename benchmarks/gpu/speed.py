@@ -23,7 +23,7 @@ import torch
 from throughput_ours import our_loader, ours_lightning, training_flops
 from throughput_specs import IMAGE_METHODS, MULTI_CROP, Spec, make_images, make_spec
 
-from gpu.common import FAIL, Row, cores, release, run_case
+from gpu.common import FAIL, Budget, Row, cores, release, run_case
 
 MAIN = ("simclr", "byol", "moco_v3")  # first, and the ones compiled
 # --quick (the suite runs it on the CPU) runs these: multi-crop and momentum, labels.
@@ -102,6 +102,7 @@ def run(
     peak: float | None,
     log: Path,
     flops: dict[str, float],
+    budget: Budget,
 ) -> list[Row]:
     """One row per method. ``flops`` caches each method's count (the compiled rows reuse the
     eager rows')."""
@@ -111,6 +112,9 @@ def run(
     for method in methods:
         spec = spec_for(method, device, batch, quick)
         case = f"{method} {views_label(spec)} {'compiled' if compiled else 'eager'}"
+        if skipped := budget.spent("throughput", case):
+            rows.append(skipped)
+            continue
         if method not in flops:
             count, error = run_case(log, training_flops, spec)
             if error is None:
