@@ -8,11 +8,11 @@ file) through the real ``contrastive fit``, for as many epochs as fit in its sha
    epochs that fit;
 2. *fit*: ``contrastive fit`` with ``trainer.max_epochs`` set to them (so that the warmup and
    cosine schedule end with the run) and ``trainer.max_time`` as the stop;
-3. *probe*: ``contrastive probe`` on ``last.ckpt``: the weighted kNN and the linear probe of
-   the backbone's features (the evaluation layer's protocol: the 60,000 training images as
-   the bank, the 10,000 test images as queries), against the raw pixels' figures measured with
-   the same protocol (``benchmarks/fashion_mnist_pixels.py``: kNN 0.862, linear 0.848,
-   BENCHMARKS.md; the issue's planning figures were 0.861 and 0.846).
+3. *probe*: ``contrastive.probe`` (the probe command) on ``last.ckpt``: the weighted kNN and
+   the linear probe of the backbone's features (the evaluation layer's protocol: the 60,000
+   training images as the bank, the 10,000 test images as queries), against the raw pixels'
+   figures measured with the same protocol (``benchmarks/fashion_mnist_pixels.py``: kNN 0.862,
+   linear 0.848, BENCHMARKS.md; the issue's planning figures were 0.861 and 0.846).
 
 Goal (issue #21): a linear probe of at least 0.90.
 
@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback, Trainer
 
+import contrastive
 from contrastive.cli import ContrastiveCLI, main
 from gpu.common import FAIL, OK, SKIPPED, Budget, Row, inside, release, run_case, sync
 
@@ -40,7 +41,7 @@ CALIBRATION_STEPS = 40
 PROBE_SECONDS = 30  # kept back per method for its calibration and probes
 # --quick (on the CPU): a width-4 CNN, small heads, a few steps of small batches, and a probe
 # with a small bank (the 10,000 test queries stay); the data flags serve the fit and the probe.
-QUICK_DATA = ["--data.batch_size=16", "--data.num_workers=0"]
+QUICK_DATA = {"batch_size": 16, "num_workers": 0}
 QUICK_MODEL = [
     "--model.backbone=small_cnn",
     "--model.backbone_kwargs={width: 4}",
@@ -81,21 +82,23 @@ def _flags(method: str, root: Path, device: torch.device, quick: bool) -> list[s
         "--trainer.enable_model_summary=false",
     ]
     if quick:
-        flags += [*QUICK_MODEL, *QUICK_DATA, f"--trainer.limit_train_batches={QUICK_STEPS}"]
+        flags += [*QUICK_MODEL, *(f"--data.{key}={value}" for key, value in QUICK_DATA.items())]
+        flags += [f"--trainer.limit_train_batches={QUICK_STEPS}"]
         flags += ["--model.predictor_hidden_dim=16"] if method == "byol" else []
     return flags
 
 
-def _probe_flags(checkpoint: Path, root: Path, device: torch.device, quick: bool) -> list[str]:
+def _probe(checkpoint: Path, root: Path, device: torch.device, quick: bool) -> dict:
     """``contrastive probe`` of the checkpoint on Fashion-MNIST: the 60,000 training images as
-    the bank (as the raw-pixel figures'), the 10,000 test images as queries."""
-    bank = QUICK_BANK if quick else 60_000
-    return [
-        "--ckpt", str(checkpoint), "--data", "VisionSetDataModule",
-        "--data.name", "fashion_mnist", f"--data.root={root}", f"--data.num_bank={bank}",
-        "--accelerator", "gpu" if device.type == "cuda" else "cpu", "--out", "runs/probe",
-        *(QUICK_DATA if quick else []),
-    ]  # fmt: skip
+    the bank (as the raw-pixel figures'), the 10,000 test images as queries; its figures."""
+    data = {"name": "fashion_mnist", "root": str(root), "num_bank": 60_000}
+    data |= {**QUICK_DATA, "num_bank": QUICK_BANK} if quick else {}
+    return contrastive.probe(
+        checkpoint,
+        data={"class_path": "contrastive.datamodules.VisionSetDataModule", "init_args": data},
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        out="runs/probe",
+    )
 
 
 def calibrate(flags: list[str], device: torch.device, steps: int) -> tuple[float, int]:
@@ -116,8 +119,6 @@ def train_and_probe(
     method: str, root: Path, device: torch.device, quick: bool, seconds: float
 ) -> dict:
     """Calibration, the timed fit and the probes of one method; its figures."""
-    from contrastive.evaluation.probe import main as probe
-
     flags = _flags(method, root, device, quick)
     step, per_epoch = calibrate(flags, device, 3 if quick else CALIBRATION_STEPS)
     release(device)
@@ -129,7 +130,7 @@ def train_and_probe(
     release(device)
     (checkpoint,) = Path("runs").glob(f"fashion_{method}/version_*/checkpoints/last.ckpt")
     steps = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"])
-    results = probe(_probe_flags(checkpoint, root, device, quick))
+    results = _probe(checkpoint, root, device, quick)
     return {
         "seconds_per_step": step,
         "planned_epochs": epochs,
