@@ -55,8 +55,9 @@ The JSON (``--out``; the log of every case beside it, ``.log``)::
                   fit_clock_images_per_second, e2e_images_per_second (the smaller two),
                   e2e_over_model_only
       negatives:  n, dim, loss, inputs_gb, peak_gb, seconds, loss_value, peak_over_inputs
-      fashion:    method, seconds (the fit's limit), epochs, steps, knn, linear (top-1),
-                  raw_knn, raw_linear
+      fashion:    method, seconds (the fit's limit), seconds_per_step (calibrated),
+                  planned_epochs (max_epochs), steps, epochs (steps over an epoch's),
+                  fit_seconds, knn, linear (top-1), raw_knn, raw_linear
       goal:       the ratio or rate held against the goal
 """
 
