@@ -54,7 +54,7 @@ class Skipped(NamedTuple):
 Tokenizer = Callable[[list[str]], Any]  # captions -> token ids (a tensor or a dict of tensors)
 
 # The batch's string fields that Collate tokenizes, and where the tokens go.
-TOKENIZED = {"caption": "tokens", "view_caption": "view_tokens", "text": "text_tokens"}
+TOKENIZED = {"caption": "tokens", "view_caption": "view_tokens"}
 
 
 class Collate:
@@ -64,8 +64,9 @@ class Collate:
 
     Args:
         tokenizer: ``list[str] -> tokens``; when set, a batch's ``"caption"`` (a generator
-            view's ``"view_caption"``, a triplet's condition ``"text"``) gets its ``"tokens"``
-            (``"view_tokens"``, ``"text_tokens"``).
+            view's ``"view_caption"``) gets its ``"tokens"`` (``"view_tokens"``). A condition
+            ``"text"`` is not tokenized here: a text-conditioned method embeds each distinct
+            condition once, from its cache.
     """
 
     def __init__(self, tokenizer: Tokenizer | None = None) -> None:
