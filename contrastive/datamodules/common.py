@@ -153,6 +153,9 @@ class EvaluationData:
             the ``condition`` values of triplet batches).
         phrasings: ``{condition: {"seen": templates, "held-out": templates}}`` with ``{value}``
             for the class name (the conditional benchmark).
+        gallery_tasks: ``{task: records}`` when each query batch carries its own gallery
+            (``"gallery"``, ``"gallery_mask"``, the target first) and its ``"task"``, a
+            position in this mapping (GeneCIS).
         has_bank: validation and test give two loaders, ``[bank, query]`` (the training images
             without augmentation, then the held-out queries); otherwise one, the queries.
     """
@@ -161,6 +164,7 @@ class EvaluationData:
     class_names: Mapping[str, Sequence[str]] = field(default_factory=dict)
     conditions: Sequence[str] = ()
     phrasings: Mapping[str, Mapping[str, Sequence[str]]] = field(default_factory=dict)
+    gallery_tasks: Mapping[str, int] = field(default_factory=dict)
     has_bank: bool = True
 
     @property
