@@ -27,6 +27,11 @@ CALLBACKS = [  # a config's usual callbacks: the others stay quiet on GeneCIS da
 ]
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a run with no logger saves its config in the working folder
+
+
 def _config(tmp_path, method: str, **init_args) -> str:
     config = {
         "seed_everything": 0,
