@@ -218,3 +218,28 @@ def test_restoring_a_checkpoint_does_not_read_the_towers_again(tmp_path):
         _RESTORING.reset(token)
     with pytest.raises(CheckpointError, match="towers: no checkpoint file at"):
         model(towers=str(tmp_path / "moved-away"))
+
+
+def test_the_matched_budget_head_never_reads_text(monkeypatch):
+    """``condition_on_text: false``: the same trainable parameters, trained on the same
+    triplets, with no condition: the text tower is never run and the text changes nothing."""
+    m = model(condition_on_text=False)
+    conditioned = model()
+    trainable = [n for n, p in m.named_parameters() if p.requires_grad]
+    assert trainable == [n for n, p in conditioned.named_parameters() if p.requires_grad]
+
+    def refuse(texts):
+        raise AssertionError(f"the matched-budget head read text: {texts}")
+
+    monkeypatch.setattr(m.text_tower, "encode", refuse)
+    b = batch()
+    b["views"] = m.make_views(b)
+    m.training_loss(b).backward()
+    assert all(p.grad is not None for p in m.conditioning.parameters())
+    m.eval()
+    images, inputs = b["image"], m.condition_inputs(b["image"])
+    text = torch.randn(len(images), 24)
+    torch.testing.assert_close(m.condition_from(inputs, text), m.condition_from(inputs, -text))
+    torch.testing.assert_close(
+        m.condition_from(inputs, text), m.condition_from(inputs, torch.zeros_like(text))
+    )

@@ -73,6 +73,40 @@ def test_the_benchmark_gives_the_known_answers_of_a_constructed_world():
         assert out[(c, p, "image")]["R@1"] == 1.0  # the best match shares both attributes
 
 
+def test_the_wrong_condition_ranks_under_another_conditions_text():
+    model, x, labels = world()
+    out = conditional_benchmark(model, x, x, labels, SPECS, num_queries=20)
+    # A colour query under its shape words ("both are star") keeps the shape block: the
+    # colour-relevant images are found no better than by the image, far below the conditioned.
+    wrong, image = out[("color", "seen", "wrong condition")], out[("color", "seen", "image")]
+    assert out[("color", "seen", "conditioned")]["mAP"] == pytest.approx(1.0)
+    assert wrong["mAP"] <= image["mAP"] + 1e-6
+    # By hand: the queries' shape texts, the conditioned scores under them, the one ranking.
+    texts = [f"both are {SHAPES[s]}" for s in labels["shape"][:20]]
+    t = model.encode_text(texts)
+    q = model.condition_from(x[:20], t)  # (Q, 6)
+    keys = torch.stack([model.condition_from(x, row.expand(60, -1)) for row in t])  # (Q, G, 6)
+    scores = torch.einsum("qd,qgd->qg", F.normalize(q, dim=-1), F.normalize(keys, dim=-1))
+    self_mask = torch.eye(60, dtype=torch.bool)[:20]
+    relevant = (labels["color"][:20, None] == labels["color"][None]) & ~self_mask
+    expected = rank_relevant(scores.masked_fill(self_mask, float("-inf")), relevant)
+    assert wrong["mAP"] == pytest.approx(expected.ap.mean().item())
+    one = conditional_benchmark(model, x, x, labels, SPECS[:1], num_queries=20)
+    assert ("color", "seen", "wrong condition") not in one  # no other condition to name
+
+
+def test_the_probe_upper_bound_reaches_one_on_separable_features():
+    model, x, labels = world()
+    noisy = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    bank_x, bank_y = world(200)[1:]
+    bank = (bank_x + 0.05 * torch.randn(bank_x.shape), bank_y)
+    out = conditional_benchmark(model, x, noisy, labels, SPECS, num_queries=20, bank=bank)
+    for c, p in (("color", "seen"), ("shape", "held-out")):
+        assert out[(c, p, "probe")]["mAP"] > 0.99 and out[(c, p, "probe")]["R@1"] == 1.0
+        assert out[(c, p, "image")]["mAP"] < 0.9  # the mixed embedding alone is not
+    assert all(s != "probe" for _, _, s in conditional_benchmark(model, x, x, labels, SPECS))
+
+
 def test_image_baseline_map_is_what_the_ranking_implies():
     model, x, labels = world()
     out = conditional_benchmark(model, x, x, labels, SPECS[:1], num_queries=60)
@@ -117,6 +151,12 @@ def test_the_metric_over_batches_equals_the_functional_form_and_keeps_a_bounded_
     for rows in torch.arange(60).split(25):
         metric.update(x[rows], x[rows], y[rows], rows)
     assert metric.compute() == conditional_benchmark(model, x, x, labels, SPECS, 20)
+    probed = ConditionalBenchmark(functions, SPECS, ["color", "shape"], num_queries=20)
+    for rows in torch.arange(60).flip(0).split(25):  # the bank, in another order: put back
+        probed.update_bank(x[rows], y[rows], rows)
+        probed.update(x[rows.flip(0)], x[rows.flip(0)], y[rows.flip(0)], rows.flip(0))
+    bank = conditional_benchmark(model, x, x, labels, SPECS, 20, bank=(x, labels))
+    assert probed.compute() == bank and ("color", "seen", "probe") in bank
     assert metric.gallery_size == 60
     small = ConditionalBenchmark(functions, SPECS, ["color", "shape"], max_gallery=30)
     for rows in torch.arange(60).split(25):

@@ -119,6 +119,9 @@ def test_object_records_give_the_reference_the_text_and_the_target_first(object_
     assert batch["image"].shape == (2, 3, 32, 32) and batch["gallery"].shape == (2, 15, 3, 32, 32)
     assert batch["text"] == ["cardboard", "wall"] and batch["target"].tolist() == [0, 0]
     assert batch["gallery_mask"].all() and batch["index"].tolist() == [0, 1]
+    assert batch["task"].tolist() == [0, 0] and data.evaluation_data().gallery_tasks == {
+        "focus_object": 2
+    }
     # Flat colours survive JPEG: each image is the one its id names.
     red = batch["gallery"][:, :, 0].float().mean((2, 3))  # (2, 15)
     assert torch.allclose(red[0], torch.tensor([i * 15.0 for i in range(2, 17)]), atol=3)
@@ -220,7 +223,7 @@ def test_a_gallery_of_another_size_is_reported_and_kept(object_task, recwarn):
     data = GeneCISDataModule("change_object", str(annotations), str(images), 16, batch_size=2)
     with pytest.warns(UserWarning, match=r"1 of 2 records rank other than 15 images \(records 1"):
         data.setup()
-    assert data.mismatched == [1]
+    assert data.mismatched == {"change_object": [1]}
     batch = next(iter(data.test_dataloader()))
     assert batch["gallery"].shape == (2, 15, 3, 16, 16)
     assert batch["gallery_mask"].sum(1).tolist() == [15, 10]
@@ -283,7 +286,30 @@ def test_the_module_checks_its_settings(object_task, tmp_path):
     with pytest.raises(DataError, match="images folder not found"):
         missing.setup()
     assert TASKS["focus_attribute"].gallery_size == 10
-    assert GeneCISDataModule("focus_object", str(annotations), str(images)).gallery_size == 15
+    assert GeneCISDataModule("focus_object", str(annotations), str(images)).gallery_sizes == [15]
+
+
+def test_several_tasks_share_one_loader_with_ids_unique_across_them(object_task, tmp_path):
+    annotations, images = object_task
+    records = json.loads(annotations.read_text())
+    records[0]["gallery"] = records[0]["gallery"][:9]  # change_object ranks 15: reported
+    other = tmp_path / "change_object.json"
+    other.write_text(json.dumps(records[:1] * 3))
+    data = GeneCISDataModule(
+        ["focus_object", "change_object"], [str(annotations), str(other)], str(images), 16,
+        batch_size=8,
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="genecis change_object: 3 of 3 records"):
+        data.setup()
+    assert data.evaluation_data().gallery_tasks == {"focus_object": 2, "change_object": 3}
+    (batch,) = list(data.test_dataloader())
+    assert batch["task"].tolist() == [0, 0, 1, 1, 1]
+    assert batch["index"].tolist() == [0, 1, 2, 3, 4]  # the second task's follow the first's
+    assert batch["gallery_mask"].sum(1).tolist() == [15, 15, 10, 10, 10]
+    with pytest.raises(ValueError, match="2 GeneCIS tasks need as many annotations files"):
+        GeneCISDataModule(["focus_object", "change_object"], str(annotations), str(images))
+    with pytest.raises(ValueError, match="named twice"):
+        GeneCISDataModule(["focus_object"] * 2, [str(annotations)] * 2, str(images))
 
 
 def test_the_cli_takes_task_annotations_and_images(object_task, capsys):

@@ -45,3 +45,21 @@ def test_a_frozen_tower_is_kept_and_the_ema_target_too():
     kept = random_init(byol)
     for key, value in byol.target_backbone.state_dict().items():
         torch.testing.assert_close(kept.target_backbone.state_dict()[key], value, msg=key)
+
+
+class _Uncopyable:
+    """Stands for a live loader iterator, which deepcopy refuses."""
+
+    def __deepcopy__(self, memo):
+        raise NotImplementedError("cannot be pickled")
+
+
+def test_callables_such_as_a_config_built_optimizer_are_shared_not_copied():
+    import functools
+
+    model = SimCLR(backbone_kwargs={"width": 4}, projector_hidden_dim=16)
+    # As jsonargparse builds it from a config: a partial holding the CLI (and its loaders).
+    model.optimizer = functools.partial(torch.optim.AdamW, _Uncopyable(), lr=0.1)
+    baseline = random_init(model)
+    assert baseline.optimizer is model.optimizer
+    assert baseline.backbone is not model.backbone

@@ -54,7 +54,7 @@ class Skipped(NamedTuple):
 Tokenizer = Callable[[list[str]], Any]  # captions -> token ids (a tensor or a dict of tensors)
 
 # The batch's string fields that Collate tokenizes, and where the tokens go.
-TOKENIZED = {"caption": "tokens", "view_caption": "view_tokens", "text": "text_tokens"}
+TOKENIZED = {"caption": "tokens", "view_caption": "view_tokens"}
 
 
 class Collate:
@@ -64,8 +64,9 @@ class Collate:
 
     Args:
         tokenizer: ``list[str] -> tokens``; when set, a batch's ``"caption"`` (a generator
-            view's ``"view_caption"``, a triplet's condition ``"text"``) gets its ``"tokens"``
-            (``"view_tokens"``, ``"text_tokens"``).
+            view's ``"view_caption"``) gets its ``"tokens"`` (``"view_tokens"``). A condition
+            ``"text"`` is not tokenized here: a text-conditioned method embeds each distinct
+            condition once, from its cache.
     """
 
     def __init__(self, tokenizer: Tokenizer | None = None) -> None:
@@ -152,6 +153,9 @@ class EvaluationData:
             the ``condition`` values of triplet batches).
         phrasings: ``{condition: {"seen": templates, "held-out": templates}}`` with ``{value}``
             for the class name (the conditional benchmark).
+        gallery_tasks: ``{task: records}`` when each query batch carries its own gallery
+            (``"gallery"``, ``"gallery_mask"``, the target first) and its ``"task"``, a
+            position in this mapping (GeneCIS).
         has_bank: validation and test give two loaders, ``[bank, query]`` (the training images
             without augmentation, then the held-out queries); otherwise one, the queries.
     """
@@ -160,6 +164,7 @@ class EvaluationData:
     class_names: Mapping[str, Sequence[str]] = field(default_factory=dict)
     conditions: Sequence[str] = ()
     phrasings: Mapping[str, Mapping[str, Sequence[str]]] = field(default_factory=dict)
+    gallery_tasks: Mapping[str, int] = field(default_factory=dict)
     has_bank: bool = True
 
     @property

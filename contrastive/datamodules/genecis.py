@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 import lightning
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from contrastive.datamodules.common import Collate, DataError, EvaluationData, Skipped, Tokenizer
 from contrastive.datamodules.images import read_image, resize_center_crop
@@ -176,21 +176,31 @@ class GeneCISDataset(Dataset):
     Each item is a dict: ``"image"`` ``(3, S, S)`` uint8 (the reference), ``"text"`` (the
     condition), ``"gallery"`` ``(G, 3, S, S)`` uint8 with the target first and black padding
     after a shorter record's images, ``"gallery_mask"`` ``(G,)`` which of them are images,
-    ``"target"`` (0) and ``"index"`` (the record's number in the file); or a
-    :class:`Skipped` naming the first image that could not be used.
+    ``"target"`` (0), ``"task"`` (the task's position in the data module's list) and
+    ``"index"`` (``offset`` + the record's number in the file); or a :class:`Skipped` naming
+    the first image that could not be used.
 
     Args:
         records: The task's records.
         images: The folder of image files.
         image_size: Output height and width.
         gallery_size: ``G``, at least every record's gallery.
+        task: The task's position among the tasks scored together.
+        offset: Added to the record's number: ids unique across the tasks scored together.
     """
 
     def __init__(
-        self, records: list[Record], images: str | Path, image_size: int, gallery_size: int
+        self,
+        records: list[Record],
+        images: str | Path,
+        image_size: int,
+        gallery_size: int,
+        task: int = 0,
+        offset: int = 0,
     ) -> None:
         self.records, self.images = records, Path(images)
         self.image_size, self.gallery_size = image_size, gallery_size
+        self.task, self.offset = task, offset
 
     def __len__(self) -> int:
         return len(self.records)
@@ -226,12 +236,17 @@ class GeneCISDataset(Dataset):
             "gallery": gallery,  # (G, 3, S, S), the target first
             "gallery_mask": torch.arange(self.gallery_size) < len(record.gallery),  # (G,)
             "target": 0,
-            "index": record.number,
+            "task": self.task,
+            "index": self.offset + record.number,
         }
 
 
 class GeneCISDataModule(lightning.LightningDataModule):
-    """One GeneCIS task for ``contrastive test`` (zero-shot: there is no train split).
+    """GeneCIS tasks for ``contrastive test`` (zero-shot: there is no train split).
+
+    One task, or several scored in one run (the scorer reports each, and the average R@1):
+    ``task``, ``annotations`` and ``images`` are then lists, ``images`` one folder for all or
+    one per task.
 
     Args:
         task: ``focus_attribute``, ``change_attribute``, ``focus_object`` or ``change_object``.
@@ -239,7 +254,7 @@ class GeneCISDataModule(lightning.LightningDataModule):
         images: The folder of COCO val2017 (object tasks) or Visual Genome (attribute tasks)
             images.
         image_size: Height and width the images are resized to.
-        gallery_size: Images ranked per record, the target included; ``None``: the task's
+        gallery_size: Images ranked per record, the target included; ``None``: each task's
             (see the module docstring). Records of another size are reported and kept.
         batch_size: Records per batch.
         num_workers: DataLoader worker processes.
@@ -247,17 +262,29 @@ class GeneCISDataModule(lightning.LightningDataModule):
 
     def __init__(
         self,
-        task: str,
-        annotations: str,
-        images: str,
+        task: str | list[str],
+        annotations: str | list[str],
+        images: str | list[str],
         image_size: int = 224,
         gallery_size: int | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if task not in TASKS:
-            raise ValueError(f"unknown GeneCIS task '{task}'; expected one of {', '.join(TASKS)}")
+        tasks = [task] if isinstance(task, str) else list(task)
+        files = [annotations] if isinstance(annotations, str) else list(annotations)
+        folders = [images] if isinstance(images, str) else list(images)
+        unknown = [t for t in tasks if t not in TASKS]
+        if not tasks or unknown:
+            name = unknown[0] if unknown else ""
+            raise ValueError(f"unknown GeneCIS task '{name}'; expected one of {', '.join(TASKS)}")
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"GeneCIS tasks named twice: {tasks}")
+        if len(files) != len(tasks) or len(folders) not in (1, len(tasks)):
+            raise ValueError(
+                f"{len(tasks)} GeneCIS tasks need as many annotations files (got {len(files)}) "
+                f"and one images folder or one per task (got {len(folders)})"
+            )
         for name, value in (("image_size", image_size), ("batch_size", batch_size)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -266,40 +293,54 @@ class GeneCISDataModule(lightning.LightningDataModule):
                 f"gallery_size must be >= 2 (a target, a distractor), got {gallery_size}"
             )
         self.save_hyperparameters()
-        self.task, self.annotations, self.images = task, annotations, images
+        self.tasks, self.annotations = tasks, files
+        self.images = folders * len(tasks) if len(folders) == 1 else folders
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
-        self.gallery_size = gallery_size or TASKS[task].gallery_size
+        self.gallery_sizes = [gallery_size or TASKS[t].gallery_size for t in tasks]
         self.tokenizer: Tokenizer | None = None  # set by methods that read text
-        self.mismatched: list[int] = []  # numbers of the records of another gallery size
-        self._dataset: GeneCISDataset | None = None
+        self.records: dict[str, int] = {}  # each task's records, after setup
+        self.mismatched: dict[str, list[int]] = {}  # each task's records of another gallery size
+        self._dataset: ConcatDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        if not Path(self.images).expanduser().is_dir():
-            raise DataError(f"genecis: images folder not found: '{self.images}'")
-        records = read_annotations(Path(self.annotations).expanduser(), self.task)
-        if not records:
-            raise DataError(f"genecis: '{self.annotations}' holds no records")
-        self.mismatched = [r.number for r in records if len(r.gallery) != self.gallery_size]
-        if self.mismatched:
-            first = ", ".join(str(n) for n in self.mismatched[:5])
-            warnings.warn(
-                f"genecis {self.task}: {len(self.mismatched)} of {len(records)} records rank "
-                f"other than {self.gallery_size} images (records {first}...); each is scored "
-                "on its own gallery",
-                stacklevel=2,
+        loaded = []
+        for task, file, images, size in zip(
+            self.tasks, self.annotations, self.images, self.gallery_sizes, strict=True
+        ):
+            if not Path(images).expanduser().is_dir():
+                raise DataError(f"genecis {task}: images folder not found: '{images}'")
+            records = read_annotations(Path(file).expanduser(), task)
+            if not records:
+                raise DataError(f"genecis: '{file}' holds no records")
+            mismatched = [r.number for r in records if len(r.gallery) != size]
+            if mismatched:
+                self.mismatched[task] = mismatched
+                first = ", ".join(str(n) for n in mismatched[:5])
+                warnings.warn(
+                    f"genecis {task}: {len(mismatched)} of {len(records)} records "
+                    f"rank other than {size} images (records {first}...); each is scored on "
+                    "its own gallery",
+                    stacklevel=2,
+                )
+            self.records[task] = len(records)
+            loaded.append((records, Path(images).expanduser()))
+        # One gallery width for all, so that records of every task share a batch.
+        largest = max(*self.gallery_sizes, *(len(r.gallery) for rs, _ in loaded for r in rs))
+        datasets, offset = [], 0
+        for number, (records, images) in enumerate(loaded):
+            datasets.append(
+                GeneCISDataset(records, images, self.image_size, largest, number, offset)
             )
-        largest = max(self.gallery_size, *(len(r.gallery) for r in records))
-        self._dataset = GeneCISDataset(
-            records, Path(self.images).expanduser(), self.image_size, largest
-        )
+            offset += len(records)
+        self._dataset = ConcatDataset(datasets)
 
     def evaluation_data(self) -> EvaluationData:
-        """One test loader of records, no labels and no bank (the GeneCIS scorer ranks each
-        record's own gallery)."""
-        return EvaluationData(has_bank=False)
+        """One test loader of records, no labels and no bank: each record ranks its own
+        gallery, a task's records counted (the scorer reports those skipped)."""
+        return EvaluationData(gallery_tasks=dict(self.records), has_bank=False)
 
     def test_dataloader(self) -> DataLoader:
-        """The task's records, in file order."""
+        """The tasks' records, task by task in file order."""
         if self._dataset is None:
             raise RuntimeError("call setup() before asking GeneCISDataModule for a dataloader")
         return DataLoader(

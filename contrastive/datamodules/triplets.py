@@ -189,8 +189,8 @@ class TripletManifestDataModule(lightning.LightningDataModule):
     ``evaluation_data``). Without ``val_manifest``, a seeded ``val_fraction`` of the train
     manifest's rows is held out for validation (rows, not images, are split: an image may
     appear on both sides).
-    Test reads ``test_manifest``, or else the validation rows. ``tokenizer`` is set by the
-    method; the loaders then tokenize ``text`` into ``text_tokens`` in their workers.
+    Test reads ``test_manifest``, or else the validation rows. The condition ``text`` stays a
+    string: the method embeds each distinct condition once (its text cache).
 
     Args:
         manifest: the training triplets (``.jsonl``, ``.csv`` or ``.tsv``).
@@ -234,7 +234,7 @@ class TripletManifestDataModule(lightning.LightningDataModule):
         self.val_fraction, self.image_size, self.seed = val_fraction, image_size, seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers = num_workers
-        self.tokenizer: Tokenizer | None = None  # set by the method: condition text -> tokens
+        self.tokenizer: Tokenizer | None = None  # triplets carry no captions to tokenize
         self._splits: dict[str, tuple[list[TripletRow], bool]] = {}  # rows, with negatives
 
     def _load(self) -> None:

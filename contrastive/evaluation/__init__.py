@@ -8,7 +8,8 @@ functional twin, bounded memory), one subject per file:
 - ``linear_probe.py``: the offline linear probe (L-BFGS, weight decay chosen on held-out rows);
 - ``retrieval.py``: the one ranking, and image-text retrieval;
 - ``zero_shot.py``: zero-shot classification from class prompts;
-- ``conditional_benchmark.py``: the conditional-similarity benchmark and triplet accuracy.
+- ``conditional_benchmark.py``: the conditional-similarity benchmark and triplet accuracy;
+- ``genecis_benchmark.py``: GeneCIS's Recall@k of a target among its own gallery.
 
 Callbacks (named in a config's ``trainer.callbacks``; each needs only what its method offers):
 
@@ -17,6 +18,7 @@ Callbacks (named in a config's ``trainer.callbacks``; each needs only what its m
 - ``online_probe.py``: ``OnlineLinearProbe``, linear probes trained during fit;
 - ``crossmodal_report.py``: ``CrossModalEvaluation``, zero-shot and retrieval (CLIP);
 - ``conditional_report.py``: ``ConditionalEvaluation``, the conditional benchmark;
+- ``genecis_report.py``: ``GeneCISEvaluation``, the GeneCIS table (inert on other data);
 - ``projector.py``: ``EmbeddingProjector``, the projector and a nearest-neighbour grid;
 - ``prediction_writer.py``: ``EmbeddingWriter``, what ``contrastive predict`` writes.
 
@@ -27,6 +29,7 @@ the ``contrastive probe`` command.
 from contrastive.evaluation.conditional_report import ConditionalEvaluation
 from contrastive.evaluation.crossmodal_report import CrossModalEvaluation
 from contrastive.evaluation.embedding_report import EmbeddingReport
+from contrastive.evaluation.genecis_report import GeneCISEvaluation
 from contrastive.evaluation.online_probe import OnlineLinearProbe
 from contrastive.evaluation.prediction_writer import EmbeddingWriter
 from contrastive.evaluation.projector import EmbeddingProjector
@@ -37,5 +40,6 @@ __all__ = [
     "EmbeddingProjector",
     "EmbeddingReport",
     "EmbeddingWriter",
+    "GeneCISEvaluation",
     "OnlineLinearProbe",
 ]

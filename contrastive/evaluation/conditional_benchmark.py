@@ -9,6 +9,16 @@ images share the attribute the condition names. Four scorers rank the same galle
 - ``image+text``: the sum of the unit query image and text embeddings (the composed-retrieval
   baseline).
 
+Beside them, two controls (:data:`CONTROLS`):
+
+- ``wrong condition``: the conditioned embeddings under another condition's text for the same
+  query (a ``letter`` query ranked under its ``family`` phrasing): a head that reads the text
+  falls towards the unconditioned ``image`` figure or below; one that ignores it does not;
+- ``probe``: the upper bound of what a head can read out of the frozen image embedding, a
+  linear probe per condition (:func:`~contrastive.evaluation.linear_probe.fit_linear_probe`)
+  fit on labelled bank images, each image then ranked by the cosine of its predicted class
+  probabilities for the condition's attribute.
+
 Each reports hit rate at 1 and 5 (``R@k``: a relevant image among the top ``k``) and mean average
 precision (the ranking is :func:`~contrastive.evaluation.retrieval.rank_relevant`), and the
 triplet accuracy: for each query a relevant and an irrelevant gallery image are drawn (seeded),
@@ -28,10 +38,13 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from contrastive.evaluation.common import append, cat_or_none, dataset_order, num_rows
+from contrastive.evaluation.linear_probe import fit_linear_probe
 from contrastive.evaluation.retrieval import rank_relevant
 from contrastive.text import distinct_texts
 
 SCORERS = ("conditioned", "image", "text", "image+text")
+CONTROLS = ("wrong condition", "probe")
+ROWS = SCORERS + CONTROLS  # the order of a table's rows
 
 Results = dict[tuple[str, str, str], dict[str, float]]  # (condition, phrasing, scorer) -> metrics
 
@@ -101,6 +114,7 @@ def conditional_benchmark(
     specs: Sequence[ConditionSpec],
     num_queries: int = 512,
     seed: int = 0,
+    bank: tuple[Tensor, dict[str, Tensor]] | None = None,
 ) -> Results:
     """Run the benchmark on one labelled split, each image a query against all the others.
 
@@ -111,16 +125,20 @@ def conditional_benchmark(
         labels: ``{attribute: (G,) class}`` for every spec's attribute.
         specs: the conditions and their phrasings.
         num_queries: the first ``num_queries`` images are the queries.
-        seed: the triplets' draw.
+        seed: the triplets' draw (and the probe's held-out slice).
+        bank: ``(M, E)`` embeddings and ``{attribute: (M,) class}`` of labelled images the
+            ``probe`` control is fit on; ``None``: no probe row.
 
     Returns:
-        ``{(condition, phrasing, scorer): {"R@1", "R@5", "mAP", "triplet"}}``.
+        ``{(condition, phrasing, scorer): {"R@1", "R@5", "mAP", "triplet"}}``, the scorers
+        and the controls (``wrong condition`` where another condition exists).
     """
     gallery = len(embeddings)
     queries = torch.arange(min(num_queries, gallery), device=embeddings.device)
     image = F.normalize(embeddings.float(), dim=-1)  # (G, E)
     self_mask = F.one_hot(queries, gallery).bool()  # (Q, G)
     generator = torch.Generator().manual_seed(seed)
+    probes = _probe_scores(embeddings, bank, specs, queries, seed) if bank is not None else {}
     results = {}
     for spec in specs:
         y = labels[spec.name]
@@ -135,6 +153,14 @@ def conditional_benchmark(
             "text": text[which] @ image.T,
             "image+text": F.normalize(image[queries] + text[which], dim=-1) @ image.T,
         }
+        wrong = _wrong_spec(spec, specs)
+        if wrong is not None:  # the same queries, under another condition's words
+            unique, which = distinct_texts(wrong.texts(labels[wrong.name][queries]))
+            text = F.normalize(model.encode_text(unique).float(), dim=-1)
+            which = which.to(image.device)
+            scores["wrong condition"] = _conditioned_scores(model, inputs, queries, text, which)
+        if spec.name in probes:
+            scores["probe"] = probes[spec.name]
         for scorer, s in scores.items():
             s = s.masked_fill(self_mask, float("-inf"))
             ranking = rank_relevant(s, relevant)
@@ -147,6 +173,41 @@ def conditional_benchmark(
                 "triplet": correct.mean().item() if len(correct) else float("nan"),
             }
     return results
+
+
+def _wrong_spec(spec: ConditionSpec, specs: Sequence[ConditionSpec]) -> ConditionSpec | None:
+    """The next spec (cyclically) naming another condition, in the same phrasing if it has
+    one: the ``wrong condition`` control's text."""
+    names = list(dict.fromkeys(s.name for s in specs))
+    if len(names) < 2:
+        return None
+    other = names[(names.index(spec.name) + 1) % len(names)]
+    candidates = [s for s in specs if s.name == other]
+    same = [s for s in candidates if s.phrasing == spec.phrasing]
+    return (same or candidates)[0]
+
+
+def _probe_scores(
+    embeddings: Tensor,
+    bank: tuple[Tensor, dict[str, Tensor]],
+    specs: Sequence[ConditionSpec],
+    queries: Tensor,
+    seed: int,
+) -> dict[str, Tensor]:
+    """``{attribute: (Q, G)}`` cosine of the probe's class probabilities of each query and every
+    gallery image, the probes fit on the bank (every attribute at once, each its own decay)."""
+    features, bank_labels = bank
+    names = list(dict.fromkeys(s.name for s in specs))
+    classes = [len(next(s for s in specs if s.name == n).class_names) for n in names]
+    y = torch.stack([bank_labels[n] for n in names], 1).to(features.device)  # (M, A)
+    probe = fit_linear_probe(features.float(), y, classes, seed=seed).to(embeddings.device)
+    with torch.autocast(embeddings.device.type, enabled=False):
+        logits = probe(embeddings.float()).split(classes, dim=1)  # A x (G, C_a)
+    out = {}
+    for name, z in zip(names, logits, strict=True):
+        p = F.normalize(z.softmax(dim=1), dim=1)  # (G, C)
+        out[name] = p[queries] @ p.T  # (Q, G)
+    return out
 
 
 def _conditioned_scores(
@@ -188,7 +249,7 @@ class ConditionalBenchmark(Metric):
         fields: the label fields, in the order of the label columns given to ``update``.
         num_queries: queries (the first images of the gallery).
         seed: the triplets' draw.
-        max_gallery: images kept per process.
+        max_gallery: images kept per process, gallery and bank each.
     """
 
     full_state_update = False
@@ -209,10 +270,20 @@ class ConditionalBenchmark(Metric):
             raise ValueError(f"the benchmark's conditions {missing} are not label fields {fields}")
         self.functions, self.specs, self.fields = functions, tuple(specs), tuple(fields)
         self.num_queries, self.seed, self.max_gallery = num_queries, seed, max_gallery
-        for name in ("inputs", "embeddings", "labels", "ids"):
+        for name in ("inputs", "embeddings", "labels", "ids", "bank", "bank_labels", "bank_ids"):
             self.add_state(name, [], dist_reduce_fx="cat")
         self.add_state("dropped", torch.tensor(0), dist_reduce_fx="sum")
         self.gallery_size = 0
+
+    def update_bank(self, embeddings: Tensor, labels: Tensor, ids: Tensor) -> None:
+        """Add labelled bank images for the ``probe`` control: ``(B, E)`` unconditioned
+        embeddings, ``(B, A)`` labels and ``(B,)`` dataset ids (beyond ``max_gallery``, left
+        out)."""
+        room = max(0, self.max_gallery - num_rows(self.bank))
+        if room > 0:
+            append(self, "bank", embeddings[:room].detach())
+            append(self, "bank_labels", labels[:room].detach().long())
+            append(self, "bank_ids", ids[:room].detach())
 
     def update(self, inputs: Tensor, embeddings: Tensor, labels: Tensor, ids: Tensor) -> None:
         """Add ``(B, ...)`` conditioning inputs, ``(B, E)`` embeddings, ``(B, A)`` labels (one
@@ -234,15 +305,15 @@ class ConditionalBenchmark(Metric):
         self.gallery_size = len(keep)  # the images ranked, after the DDP padding is dropped
         inputs, labels = dim_zero_cat(self.inputs)[keep], dim_zero_cat(self.labels)[keep]
         columns = {name: labels[:, i] for i, name in enumerate(self.fields)}
+        bank = cat_or_none(self.bank)
+        if bank is not None:
+            order = dataset_order(dim_zero_cat(self.bank_ids))
+            bank_labels = dim_zero_cat(self.bank_labels)[order]
+            bank = bank[order], {n: bank_labels[:, i] for i, n in enumerate(self.fields)}
         return conditional_benchmark(
-            self.functions,
-            inputs,
-            embeddings[keep],
-            columns,
-            self.specs,
-            self.num_queries,
-            self.seed,
-        )
+            self.functions, inputs, embeddings[keep], columns, self.specs, self.num_queries,
+            self.seed, bank,
+        )  # fmt: skip
 
 
 def triplet_correct(model: ConditionalModel, batch: dict) -> dict[str, Tensor]:
@@ -302,7 +373,7 @@ class TripletAccuracy(Metric):
 def mean_over_conditions(results: Results) -> dict[str, dict[str, float]]:
     """``{scorer: each metric's mean over the (condition, phrasing) rows that have it}``."""
     means: dict[str, dict[str, float]] = {}
-    for scorer in SCORERS:
+    for scorer in ROWS:
         rows = [m for (_, _, s), m in results.items() if s == scorer]
         keys = dict.fromkeys(k for r in rows for k in r)
         if rows:

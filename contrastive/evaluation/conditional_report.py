@@ -3,7 +3,8 @@
 On a labelled query split with conditions and phrasings (``ShapesTripletDataModule``): for each
 condition and phrasing, rank the split's other images for a query image under the condition, for
 the conditioned model and the image, text and image+text baselines
-(:mod:`contrastive.evaluation.conditional_benchmark`), logged as
+(:mod:`contrastive.evaluation.conditional_benchmark`) with its controls (the wrong condition's
+text, and a linear probe per condition fit on the bank loader's images), logged as
 ``val/conditional/<condition>/<phrasing>/<scorer>/<metric>``. On triplet batches (a manifest's
 anchor, positive, hard negative and condition), triplet accuracy per condition and scorer. At
 test, one table.
@@ -44,14 +45,19 @@ class ConditionalEvaluation(EvaluationCallback):
             dataset order), each ranked against the whole split.
         max_gallery: images of the query split kept per process (the gallery).
         seed: the draw of the benchmark's triplets.
+        probe: the ``probe`` control, linear probes fit on the bank loader's images (the
+            ``wrong condition`` control is always run).
     """
 
-    def __init__(self, eval_queries: int = 512, max_gallery: int = 8192, seed: int = 0) -> None:
+    def __init__(
+        self, eval_queries: int = 512, max_gallery: int = 8192, seed: int = 0, probe: bool = True
+    ) -> None:
         if eval_queries < 1:
             raise ValueError(f"eval_queries must be >= 1, got {eval_queries}")
         self.eval_queries, self.max_gallery, self.seed = eval_queries, max_gallery, seed
+        self.probe = probe
         self.metrics = nn.ModuleDict()
-        self._seen = 0
+        self._seen = self._bank_seen = 0
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -78,7 +84,17 @@ class ConditionalEvaluation(EvaluationCallback):
         if data.conditions:
             metrics["triplets"] = TripletAccuracy(data.conditions)
         self.metrics = nn.ModuleDict(metrics).to(pl_module.device)
-        self._seen = 0
+        self._seen = self._bank_seen = 0
+
+    def bank_batch(self, trainer, pl_module, batch, embedding, stage) -> None:
+        labels = stacked_labels(batch, list(self.data.num_classes))
+        if "benchmark" in self.metrics and labels is not None and self.probe:
+            ids = batch_ids(batch)
+            if ids is None:  # unique across ranks, in the order seen
+                rows = self._bank_seen + torch.arange(len(labels), device=labels.device)
+                ids = distributed.rank() + distributed.world_size() * rows
+            self._bank_seen += len(labels)
+            self.metrics["benchmark"].update_bank(embedding, labels, ids)
 
     def query_batch(self, trainer, pl_module, batch, embedding, stage) -> None:
         with trainer.precision_plugin.forward_context():

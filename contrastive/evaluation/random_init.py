@@ -30,7 +30,13 @@ def random_init(model: LightningModule, seed: int = 0) -> LightningModule:
     baseline. The copy holds no trainer and is not part of ``model``.
     """
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    baseline = copy.deepcopy(model).eval()
+    # Shared, not copied: factories such as the optimizer jsonargparse builds from a config hold
+    # the CLI, and so the trainer's live loader workers, which cannot be copied; the baseline
+    # never trains.
+    shared = {
+        id(v): v for v in vars(model).values() if callable(v) and not isinstance(v, nn.Module)
+    }
+    baseline = copy.deepcopy(model, shared).eval()
     copies = dict(zip(model.parameters(), baseline.parameters(), strict=True))
     trained = {id(copies[p]) for p in model.parameters() if id(p) in trainable}
     backbone = getattr(baseline, "backbone", None)

@@ -18,7 +18,7 @@ import numpy as np
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from contrastive.evaluation.conditional_benchmark import SCORERS, Results, mean_over_conditions
+from contrastive.evaluation.conditional_benchmark import ROWS, Results, mean_over_conditions
 
 NAN = float("nan")
 
@@ -112,13 +112,12 @@ def conditional_table(results: Results, gallery: int, queries: int) -> str:
     title = "Conditional retrieval (gallery {}, {} queries) and triplet accuracy"
     lines = [
         title.format(gallery, queries) if gallery else "Conditional triplet accuracy",
-        f"{'condition':<12}{'phrasing':<10}{'scorer':<13}{'R@1':>7}{'R@5':>7}{'mAP':>7}"
+        f"{'condition':<12}{'phrasing':<10}{'scorer':<16}{'R@1':>7}{'R@5':>7}{'mAP':>7}"
         f"{'triplet':>9}{'mAP gain':>10}",
     ]
     groups = list(dict.fromkeys((c, p) for c, p, _ in results))
     blocks = [
-        ((c, p), {s: results[(c, p, s)] for s in SCORERS if (c, p, s) in results})
-        for c, p in groups
+        ((c, p), {s: results[(c, p, s)] for s in ROWS if (c, p, s) in results}) for c, p in groups
     ]
     blocks.append((("mean", ""), mean_over_conditions(results)))
     for (condition, phrasing), by_scorer in blocks:
@@ -128,7 +127,7 @@ def conditional_table(results: Results, gallery: int, queries: int) -> str:
             cells = [_cell(m.get(k, NAN), w) for k, w in (("R@1", 7), ("R@5", 7), ("mAP", 7))]
             gain = m.get("mAP", NAN) - base
             lines.append(
-                f"{head}{scorer:<13}{''.join(cells)}{_cell(m.get('triplet', NAN), 9)}"
+                f"{head}{scorer:<16}{''.join(cells)}{_cell(m.get('triplet', NAN), 9)}"
                 f"{_cell(gain, 10, signed=True)}"
             )
     return "\n".join(lines)

@@ -59,6 +59,9 @@ class Conditional(ContrastiveMethod):
         symmetric: average the loss over both directions of each pair.
         hard_negatives: use the batch's ``negative`` images as extra candidates.
         text_cache_size: distinct texts remembered with a frozen text tower.
+        condition_on_text: ``False``: the matched-budget control, the same head trained on the
+            same triplets with its text input zero (it never reads a condition), so it learns
+            one embedding for all of them with the conditioned model's trainable parameters.
         **kwargs: :class:`ContrastiveMethod` arguments (``backbone``, ``augment``, ...).
     """
 
@@ -77,6 +80,7 @@ class Conditional(ContrastiveMethod):
         symmetric: bool = True,
         hard_negatives: bool = True,
         text_cache_size: int = 100_000,
+        condition_on_text: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -101,7 +105,7 @@ class Conditional(ContrastiveMethod):
             self.conditioning.attach(self.backbone)
         self.freeze_image_tower, self.freeze_text_tower = freeze_image_tower, freeze_text_tower
         self.temperature, self.symmetric = temperature, symmetric
-        self.hard_negatives = hard_negatives
+        self.hard_negatives, self.condition_on_text = hard_negatives, condition_on_text
         self._text_cache = TextCache(text_cache_size if freeze_text_tower else 0)
 
     @classmethod
@@ -176,7 +180,10 @@ class Conditional(ContrastiveMethod):
 
     def condition_from(self, inputs: Tensor, text: Tensor) -> Tensor:
         """Unit conditioned embeddings ``(B, D)`` of :meth:`condition_inputs` under ``(B, E)``
-        text embeddings (:meth:`encode_text`), row by row."""
+        text embeddings (:meth:`encode_text`), row by row (zeros without
+        ``condition_on_text``)."""
+        if not self.condition_on_text:
+            text = torch.zeros_like(text)
         return F.normalize(self.conditioning(inputs, text), dim=-1)
 
     def condition(self, images: Tensor, texts: list[str] | str) -> Tensor:
@@ -190,7 +197,12 @@ class Conditional(ContrastiveMethod):
 
     def training_loss(self, batch: dict) -> Tensor:
         anchor, positive, *negative = (self._inputs(v) for v in batch["views"])
-        text = self.encode_distinct(list(batch["text"]))  # (U, E) and (N,)
+        if self.condition_on_text:
+            text = self.encode_distinct(list(batch["text"]))  # (U, E) and (N,)
+        else:  # one zero "text" for every row: the text tower is never run
+            width = self.image_projection.out_features
+            rows = torch.zeros(len(anchor), dtype=torch.long, device=anchor.device)
+            text = (anchor.new_zeros(1, width), rows)
         has_negative = batch["has_negative"].bool() if negative else None
         loss = self._info_nce(anchor, positive, text, negative, has_negative)
         if self.symmetric:
