@@ -322,3 +322,21 @@ def allow_working_folder(modules: Sequence[str]) -> None:
         if here and importlib.util.find_spec(top) is None:
             sys.path.insert(0, cwd)
             return
+
+
+def resolve_checkpoint(path: str) -> Path:
+    """A checkpoint file, or a run folder's newest ``**/checkpoints/last.ckpt`` (``Conditional``'s
+    ``towers``).
+
+    Raises:
+        CheckpointError: one line naming ``towers`` and the path.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        found = sorted(p.glob("**/checkpoints/last.ckpt"), key=lambda f: f.stat().st_mtime)
+        if not found:
+            raise CheckpointError(f"towers: no checkpoints/last.ckpt under the folder {path}")
+        return found[-1]
+    if not p.is_file():
+        raise CheckpointError(f"towers: no checkpoint file at {path}")
+    return p

@@ -2,9 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from contrastive.checkpoints import CheckpointError
+from contrastive.checkpoints import CheckpointError, resolve_checkpoint
 from contrastive.methods import CLIP, Conditional
-from contrastive.methods.conditional import resolve_checkpoint
 from contrastive.text import OpenCLIPText
 from tests.ddp import run_ddp
 

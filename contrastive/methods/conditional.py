@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +10,7 @@ from torch import Tensor
 
 from contrastive import distributed
 from contrastive.backbones import load_weights
-from contrastive.checkpoints import CheckpointError
+from contrastive.checkpoints import resolve_checkpoint
 from contrastive.conditioning import create_conditioning
 from contrastive.methods.base import ContrastiveMethod
 from contrastive.text import (
@@ -241,21 +240,4 @@ class Conditional(ContrastiveMethod):
         return F.cross_entropy(logits / self.temperature, positions[: len(keys)])
 
 
-def resolve_checkpoint(path: str) -> Path:
-    """A checkpoint file, or a run folder's newest ``**/checkpoints/last.ckpt``.
-
-    Raises:
-        CheckpointError: one line naming ``towers`` and the path.
-    """
-    p = Path(path).expanduser()
-    if p.is_dir():
-        found = sorted(p.glob("**/checkpoints/last.ckpt"), key=lambda f: f.stat().st_mtime)
-        if not found:
-            raise CheckpointError(f"towers: no checkpoints/last.ckpt under the folder {path}")
-        return found[-1]
-    if not p.is_file():
-        raise CheckpointError(f"towers: no checkpoint file at {path}")
-    return p
-
-
-__all__ = ["Conditional", "resolve_checkpoint"]
+__all__ = ["Conditional"]
