@@ -1,6 +1,8 @@
 """Fixtures shared by several test modules."""
 
 import json
+import shutil
+from pathlib import Path
 
 import open_clip
 import pytest
@@ -62,3 +64,27 @@ def timm_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("timm") / "test_resnet.safetensors"
     save_file(model.state_dict(), path)
     return str(path)
+
+
+DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
+# In fonts-dejavu-core, and so on every machine with DejaVu (matplotlib ships them too).
+CORE = [
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+]
+EXTRA = ["DejaVuSans-Oblique.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSansMono-BoldOblique.ttf"]
+
+
+@pytest.fixture(scope="module")
+def fonts(tmp_path_factory) -> Path:
+    """A folder of DejaVu faces: the core six and three slanted ones (fonts-dejavu-extra)."""
+    if not all((DEJAVU / name).is_file() for name in CORE + EXTRA):
+        pytest.skip(f"the DejaVu fonts are not all in {DEJAVU}")
+    folder = tmp_path_factory.mktemp("fonts")
+    for name in CORE + EXTRA:
+        shutil.copy(DEJAVU / name, folder / name)
+    return folder

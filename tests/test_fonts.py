@@ -4,13 +4,13 @@ fontconfig's answers are also faked where a test needs fonts DejaVu does not hav
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import CORE, DEJAVU, EXTRA
 
 from contrastive.cli import main
 from contrastive.datamodules import font_catalog
@@ -23,35 +23,7 @@ from contrastive.datamodules.font_catalog import (
     read_catalog,
 )
 from contrastive.datamodules.font_glyphs import ATTRIBUTES, GlyphRenderer, GlyphTable
-from contrastive.datamodules.font_triplets import (
-    PHRASINGS,
-    FontTripletDataModule,
-    FontTripletDataset,
-)
 from contrastive.datamodules.fonts import FontsDataModule, FontsDataset, caption
-
-DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
-# In fonts-dejavu-core, and so on every machine with DejaVu (matplotlib ships them too).
-CORE = [
-    "DejaVuSans.ttf",
-    "DejaVuSans-Bold.ttf",
-    "DejaVuSerif.ttf",
-    "DejaVuSerif-Bold.ttf",
-    "DejaVuSansMono.ttf",
-    "DejaVuSansMono-Bold.ttf",
-]
-EXTRA = ["DejaVuSans-Oblique.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSansMono-BoldOblique.ttf"]
-
-
-@pytest.fixture(scope="module")
-def fonts(tmp_path_factory) -> Path:
-    """A folder of DejaVu faces: the core six and three slanted ones (fonts-dejavu-extra)."""
-    if not all((DEJAVU / name).is_file() for name in CORE + EXTRA):
-        pytest.skip(f"the DejaVu fonts are not all in {DEJAVU}")
-    folder = tmp_path_factory.mktemp("fonts")
-    for name in CORE + EXTRA:
-        shutil.copy(DEJAVU / name, folder / name)
-    return folder
 
 
 def small(fonts: Path, cls=FontsDataModule, **kwargs):
@@ -388,76 +360,3 @@ def test_the_data_module_checks_its_settings(fonts):
             FontsDataModule(fonts=str(fonts), **kwargs)
     with pytest.raises(ValueError, match="split must be one of"):
         FontsDataset(small(fonts).table, None, 4, split="dev")
-
-
-# ---- triplets -------------------------------------------------------------------------------
-
-
-def best_match(labels: np.ndarray, anchor: np.ndarray, order: list[tuple[int, bool]]) -> tuple:
-    """The best lexicographic (alike or unlike, attribute by attribute) any candidate reaches."""
-    scores = np.stack([(labels[:, c] == anchor[c]) == same for c, same in order], 1)  # (k, A)
-    return max(tuple(row) for row in scores.tolist())
-
-
-def test_triplet_partners_follow_the_preferences(fonts):
-    data = small(fonts, cls=FontTripletDataModule, num_train=256)
-    dataset = data._datasets["train"]
-    pool_labels = data.table.labels[dataset.pool]
-    seen = {c: set(PHRASINGS[c]["seen"]) for c in PHRASINGS}
-    conditions = set()
-    for i in range(150):
-        item = dataset[i]
-        c, a = item["condition"], item["labels"]
-        conditions.add(c)
-        p, n = item["view_labels"], item["negative_labels"]
-        column = ATTRIBUTES.index(c)
-        anchor = np.array([a[x] for x in ATTRIBUTES])
-        assert item["has_negative"] and p[c] == a[c] and n[c] != a[c]
-        # The positive: another glyph, unlike in letter and family as far as any glyph is.
-        unlike = [(ATTRIBUTES.index(x), False) for x in ("letter", "family") if x != c]
-        alike = pool_labels[
-            (pool_labels[:, column] == anchor[column]) & (dataset.pool != dataset.glyph(i)[0])
-        ]
-        reached = tuple((p[ATTRIBUTES[col]] == a[ATTRIBUTES[col]]) == s for col, s in unlike)
-        assert reached == best_match(alike, anchor, unlike)
-        # The negative: alike in every other attribute, in order, as far as any glyph is.
-        others = [(ATTRIBUTES.index(x), True) for x in ATTRIBUTES if x != c]
-        different = pool_labels[pool_labels[:, column] != anchor[column]]
-        reached = tuple(n[ATTRIBUTES[col]] == a[ATTRIBUTES[col]] for col, _ in others)
-        assert reached == best_match(different, anchor, others)
-        value = data.class_names[c][a[c]]
-        assert item["text"] in {t.format(value=value) for t in seen[c]}
-    assert conditions == set(ATTRIBUTES)
-
-
-def test_a_condition_no_glyph_differs_in_has_no_negative(fonts):
-    data = small(
-        fonts,
-        cls=FontTripletDataModule,
-        families=["DejaVu Serif"],
-        conditions=["spacing", "letter"],
-    )
-    dataset = data._datasets["train"]
-    items = [dataset[i] for i in range(30)]
-    for item in items:
-        assert item["has_negative"] == (item["condition"] == "letter")
-        if item["condition"] == "spacing":
-            assert torch.equal(item["negative"], item["image"])
-    batch = next(iter(data.train_dataloader()))
-    assert batch["negative"].shape == (16, 3, 24, 24) and batch["has_negative"].dtype == torch.bool
-
-
-def test_the_triplet_module_trains_on_triplets_and_evaluates_labelled_glyphs(fonts):
-    phrasings = {**PHRASINGS, "weight": {"seen": ["same weight"]}}
-    data = small(
-        fonts, cls=FontTripletDataModule, conditions=["letter", "weight"], phrasings=phrasings
-    )
-    assert data.phrasings["weight"] == {"seen": ["same weight"]}
-    batch = next(iter(data.train_dataloader()))
-    assert set(batch["condition"]) <= {"letter", "weight"}
-    bank, query = data.val_dataloader()
-    assert "text" not in next(iter(query)) and "labels" in next(iter(query))
-    with pytest.raises(ValueError, match="unknown condition 'colour'"):
-        FontTripletDataModule(fonts=str(fonts), conditions=["colour"])
-    with pytest.raises(ValueError, match="conditions must name"):
-        FontTripletDataset(conditions=[], table=data.table, renderer=None, num_samples=4)

@@ -13,7 +13,6 @@ from PIL import Image
 
 from contrastive.checkpoints import load_method
 from contrastive.cli import main
-from tests.test_fonts import fonts  # noqa: F401 (a fixture)
 from tests.test_genecis_report import TEXT
 
 ROOT = Path(__file__).resolve().parents[1]
