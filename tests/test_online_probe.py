@@ -3,7 +3,6 @@ accuracy at every validation, kept in checkpoints, and 2 processes equal to one.
 
 from pathlib import Path
 
-import pytest
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
@@ -61,16 +60,6 @@ def test_the_probe_trains_beside_the_method_and_sends_nothing_into_it(tmp_path):
     assert torch.isfinite(logged["train/linear_loss"])
     assert all(p.grad is not None for p in probe.probes.parameters())  # the probe did learn
     assert "val/linear/shape" in (Path(trainer.logger.log_dir) / "metrics.csv").read_text()
-
-
-def test_the_learning_rate_decays_along_a_cosine_to_zero_at_the_end_of_the_fit(tmp_path):
-    probe = OnlineLinearProbe(lr=1e-2)
-    _fit(tmp_path, [probe])
-    assert probe.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # settled
-    features, labels = torch.randn(8, probe.probes["shape"][1].in_features), torch.zeros(8, 7)
-    for progress, expected in ((0.0, 1e-2), (0.5, 5e-3), (0.25, 1e-2 * (0.5 + 0.5**1.5))):
-        probe.step(features, labels.long(), progress)
-        assert probe.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
 
 
 def test_the_probe_is_saved_in_checkpoints_and_scored_at_test(tmp_path):
