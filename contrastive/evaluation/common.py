@@ -31,6 +31,18 @@ def check_matrix(name: str, x: Tensor, min_rows: int = 0) -> None:
         )
 
 
+def check_query_bank(query: Tensor, bank: Tensor, min_query_rows: int = 0) -> None:
+    """Raise ``ValueError`` unless ``query`` ``(N, D)`` and ``bank`` ``(M, D)`` are floating-point
+    matrices of one feature dimension, the bank with a row and the queries with enough."""
+    check_matrix("query", query, min_rows=min_query_rows)
+    check_matrix("bank", bank, min_rows=1)
+    if query.shape[1] != bank.shape[1]:
+        raise ValueError(
+            f"Expected `query` and `bank` to share the feature dimension, got {tuple(query.shape)} "
+            f"and {tuple(bank.shape)}."
+        )
+
+
 def num_rows(state: list[Tensor] | Tensor) -> int:
     """Rows held by a "cat" state, which is a list before sync and a tensor after it."""
     if isinstance(state, Tensor):

@@ -19,6 +19,7 @@ from contrastive.evaluation.common import (
     check_label_range,
     check_labels,
     check_matrix,
+    check_query_bank,
     normalise_num_classes,
 )
 
@@ -60,13 +61,7 @@ def knn_predict(
     Returns:
         Long tensor of predicted classes, shape (N,) or (N, A), on ``query``'s device.
     """
-    check_matrix("query", query)
-    check_matrix("bank", bank, min_rows=1)
-    if query.shape[1] != bank.shape[1]:
-        raise ValueError(
-            f"Expected `query` and `bank` to share the feature dimension, got {tuple(query.shape)} "
-            f"and {tuple(bank.shape)}."
-        )
+    check_query_bank(query, bank)
     num_classes = normalise_num_classes(num_classes)
     check_labels("bank_labels", bank_labels, num_classes, bank.shape[0])
     if k < 1:

@@ -31,6 +31,7 @@ from contrastive.evaluation.common import (
     check_label_range,
     check_labels,
     check_matrix,
+    check_query_bank,
     normalise_num_classes,
 )
 
@@ -196,13 +197,7 @@ def linear_probe_accuracy(
     Returns:
         Float32 accuracy in ``[0, 1]``: a scalar for 1-D labels, shape (A,) for 2-D labels.
     """
-    check_matrix("query", query, min_rows=1)
-    check_matrix("bank", bank, min_rows=1)
-    if query.shape[1] != bank.shape[1]:
-        raise ValueError(
-            f"Expected `query` and `bank` to share the feature dimension, got {tuple(query.shape)} "
-            f"and {tuple(bank.shape)}."
-        )
+    check_query_bank(query, bank, min_query_rows=1)
     num_classes = normalise_num_classes(num_classes)
     check_labels("query_labels", query_labels, num_classes, query.shape[0])
     check_labels("bank_labels", bank_labels, num_classes, bank.shape[0])
