@@ -17,6 +17,7 @@ import tempfile
 import time
 
 import torch
+from train_step import full_step
 
 from contrastive.augment import SimCLRAugment
 from contrastive.methods import SimCLR
@@ -37,20 +38,6 @@ def method(backbone: str, kwargs: dict, size: int) -> SimCLR:
     return model.to(memory_format=torch.channels_last)
 
 
-def step_fn(model: SimCLR, precision: str):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-    def step(batch: dict) -> None:
-        batch = dict(batch, views=model.make_views(batch))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == BF16):
-            loss = model.training_loss(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds of full steps")
@@ -69,7 +56,7 @@ def main() -> None:
         shape = (batch_size, 3, size, size)
         batch = {"image": torch.randint(0, 256, shape, dtype=torch.uint8)}
         batch["view"] = torch.randint(0, 256, shape, dtype=torch.uint8)
-        steps = {p: step_fn(method(backbone, kwargs, size), p) for p in (FLOAT32, BF16)}
+        steps = {p: full_step(method(backbone, kwargs, size), p == BF16) for p in (FLOAT32, BF16)}
         times: dict[str, list[float]] = {p: [] for p in steps}
         for step in steps.values():  # warm-up
             step(batch)

@@ -37,6 +37,12 @@ def step_fn(width: int, channels_last: bool, bf16: bool, backbone: str):
     )
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    return full_step(model, bf16)
+
+
+def full_step(model: SimCLR, bf16: bool):
+    """One training step of ``model`` on a batch: views, forward (bf16 autocast or not),
+    backward and an AdamW update."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def step(batch: dict) -> None:
