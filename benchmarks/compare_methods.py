@@ -15,10 +15,15 @@ by running the same command again, and can span sessions; commit each result as 
     python benchmarks/compare_methods.py --dataset shapes --table
 
 ``--dataset shapes`` runs the configs as shipped (8 epochs of 8192 images on the small CNN).
-``--dataset fashion_mnist`` trains on Fashion-MNIST through ``VisionSetDataModule`` (when the data
-module offers it) with crops and flips at 28 px and an epoch budget per method (``--epochs``).
-``--quick`` shrinks any run to a few steps (a smoke test of the runner; its results go to
-``<out>-quick``). ``pixels`` is a reference row: kNN on the raw pixels of the same bank and queries.
+``--dataset fashion_mnist`` trains each method's config with ``benchmarks/fashion_cpu.yaml`` laid
+over it (Fashion-MNIST through ``VisionSetDataModule``; crops, flips and brightness/contrast as the
+views) for the same wall-clock budget (``--minutes``, 20 by default): the first steps are timed,
+``trainer.max_epochs`` is set to the epochs that fit (so that the schedule ends with the run) and
+``trainer.max_time`` stops it. ``--quick`` shrinks any run to a few steps (a smoke test of the
+runner; its results go to ``<out>-quick``). Two reference rows: ``pixels``, kNN and the linear
+probe on the raw pixels of the same bank and queries (``benchmarks/fashion_mnist_pixels.py``), and
+``supervised``: SupCon with the data's class labels, the same backbone and budget (the random-init
+row of every method is in its own result, ``test/random/...``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,12 @@ sys.path.insert(0, str(REPO))
 
 from contrastive.cli import ContrastiveCLI  # noqa: E402
 
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the benchmarks' own modules
+
+from fashion_mnist_pixels import raw_pixel_results  # noqa: E402
+from gpu.fashion import calibrate  # noqa: E402
+
 METHODS = (
     "simclr",
     "supcon",
@@ -51,20 +62,15 @@ METHODS = (
     "simsiam",
     "nnclr",
 )
-# Real images: the shapes generator's views do not exist, the views are crops and flips.
+# Real images: the shapes generator's views do not exist, the views are crops and flips; each
+# method trains for the same wall-clock budget (shapes: the configs' epochs as shipped).
 DATASETS = {
     "shapes": [],
-    "fashion_mnist": [
-        "--data=VisionSetDataModule",
-        "--data.name=fashion_mnist",
-        "--data.root=data",
-        "--data.batch_size=128",
-        "--data.num_workers=2",
-        "--model.augment.init_args.crop_scale=[0.3, 1.0]",
-        "--model.augment.init_args.size=28",
-        "--model.label=class",
-    ],
+    "fashion_mnist": [f"--config={HERE / 'fashion_cpu.yaml'}"],
 }
+BUDGETED = {"fashion_mnist"}
+LABEL = {"shapes": "shape", "fashion_mnist": "class"}  # SupCon's and the supervised row's
+CALIBRATION_STEPS = 20
 QUICK = [
     "--trainer.max_steps=3",
     "--trainer.limit_val_batches=0",
@@ -101,20 +107,34 @@ class EpochTimer(Callback):
         self._stop()
 
 
-def _args_for(method: str, dataset: str, epochs: int | None, quick: bool) -> list[str]:
-    config = REPO / "configs" / f"{method}.yaml"
+def _args_for(method: str, dataset: str, quick: bool) -> list[str]:
+    config = REPO / "configs" / f"{'supcon' if method == 'supervised' else method}.yaml"
     args = [f"--config={config}", *DATASETS[dataset]]
-    if method != "supcon":  # the label flag is SupCon's
-        args = [a for a in args if not a.startswith("--model.label")]
-    if epochs is not None:
-        args.append(f"--trainer.max_epochs={epochs}")
+    if method in ("supcon", "supervised"):
+        args.append(f"--model.label={LABEL[dataset]}")
+    if method == "supervised":  # the same run, its logs under their own name
+        args.append("--trainer.logger.init_args.name=supervised")
     return args + (QUICK if quick else [])
 
 
-def run_method(method: str, dataset: str, out: Path, epochs: int | None, quick: bool) -> dict:
+def _budget(args: list[str], minutes: float, quick: bool) -> list[str]:
+    """The flags that fit the fit of ``args`` into ``minutes`` of wall clock: its first steps
+    timed (benchmarks/gpu/fashion.py's calibration), the epochs that fit, and the stop."""
+    step, per_epoch = calibrate(args, torch.device("cpu"), 3 if quick else CALIBRATION_STEPS)
+    epochs = 1 if quick else max(1, int(minutes * 60 // (step * per_epoch)))
+    seconds = int(minutes * 60)
+    limit = f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    return [f"--trainer.max_epochs={epochs}", f"--trainer.max_time={limit}"]
+
+
+def run_method(method: str, dataset: str, out: Path, args) -> dict:
     """Train and test one method; the result dict written to its JSON file."""
     run_root = out / dataset / "runs"
-    common = _args_for(method, dataset, epochs, quick)
+    common = _args_for(method, dataset, args.quick)
+    if args.epochs is not None:
+        common.append(f"--trainer.max_epochs={args.epochs}")
+    elif dataset in BUDGETED:
+        common += _budget(common, args.minutes, args.quick)
     logger = [f"--trainer.logger.init_args.save_dir={run_root}"]
     timer = EpochTimer()
     command = ["contrastive", "fit", *common, *logger]
@@ -145,38 +165,13 @@ def run_method(method: str, dataset: str, out: Path, epochs: int | None, quick: 
 
 
 def run_pixels(dataset: str, quick: bool) -> dict:
-    """kNN on raw pixels (flattened, standardised per pixel with the bank's mean and std, as
-    benchmarks/fashion_mnist_pixels.py does) of the data module's bank and queries."""
-    from contrastive.evaluation.knn import KNNAccuracy
-
-    args = _args_for("simclr", dataset, None, quick)
-    cli = ContrastiveCLI(args=args, run=False)
-    data = cli.datamodule
-    data.setup("test")
-    names = list(data.num_classes)
-    knn = KNNAccuracy(list(data.num_classes.values()))
-    bank, query = data.test_dataloader()
-    rows = {}
-    for name, loader in (("bank", bank), ("query", query)):
-        batches = list(loader)
-        pixels = torch.cat([b["image"].flatten(1).float() / 255 for b in batches])  # (N, C*H*W)
-        labels = torch.cat([torch.stack([b["labels"][a] for a in names], 1) for b in batches])
-        rows[name] = pixels, labels  # (N, A) labels
-    mean, std = rows["bank"][0].mean(dim=0), rows["bank"][0].std(dim=0)
-    std = torch.where(std > 1e-6, std, torch.ones_like(std))
-    knn.update_bank((rows["bank"][0] - mean) / std, rows["bank"][1])
-    knn.update((rows["query"][0] - mean) / std, rows["query"][1])
-    accuracy = knn.compute().reshape(-1)
-    metrics = {f"test/knn/{a}": float(v) for a, v in zip(names, accuracy, strict=True)}
-    command = [
-        "python",
-        "benchmarks/compare_methods.py",
-        "--dataset",
-        dataset,
-        "--methods",
-        "pixels",
-    ]
-    return {"method": "pixels", "dataset": dataset, "command": command, "metrics": metrics}
+    """The evaluation layer's kNN and linear probe on the raw pixels (standardised with the
+    bank's statistics) of the data module's bank and queries."""
+    cli = ContrastiveCLI(args=_args_for("simclr", dataset, quick), run=False)
+    metrics = {k: float(v) for k, v in raw_pixel_results(cli.datamodule).items()}
+    command = ["python", "benchmarks/compare_methods.py", "--dataset", dataset, "--methods"]
+    return {"method": "pixels", "dataset": dataset, "command": [*command, "pixels"],
+            "metrics": metrics}  # fmt: skip
 
 
 def table(out: Path, dataset: str) -> str:
@@ -211,9 +206,11 @@ def table(out: Path, dataset: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="shapes")
-    parser.add_argument("--methods", nargs="+", default=[*METHODS, "pixels"])
+    rows = [*METHODS, "supervised", "pixels"]
+    parser.add_argument("--methods", nargs="+", help="rows to run (default: every one)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "methods")
     parser.add_argument("--epochs", type=int, help="override every config's max_epochs")
+    parser.add_argument("--minutes", type=float, default=20, help="budget of a budgeted fit")
     parser.add_argument("--quick", action="store_true", help="a few steps per run (smoke test)")
     parser.add_argument("--table", action="store_true", help="print the table of the results")
     args = parser.parse_args()
@@ -226,9 +223,11 @@ def main() -> None:
     if args.table:
         print(table(out, args.dataset))
         return
-    unknown = set(args.methods) - {*METHODS, "pixels"}
+    if args.methods is None:  # shapes: SupCon's row is the labelled one
+        args.methods = rows if args.dataset in BUDGETED else [*METHODS, "pixels"]
+    unknown = set(args.methods) - set(rows)
     if unknown:
-        parser.error(f"unknown methods {sorted(unknown)}; choose from {[*METHODS, 'pixels']}")
+        parser.error(f"unknown methods {sorted(unknown)}; choose from {rows}")
     for method in args.methods:
         path = out / args.dataset / f"{method}.json"
         if path.exists():
@@ -238,7 +237,7 @@ def main() -> None:
         if method == "pixels":
             result = run_pixels(args.dataset, args.quick)
         else:
-            result = run_method(method, args.dataset, out, args.epochs, args.quick)
+            result = run_method(method, args.dataset, out, args)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".tmp").write_text(json.dumps(result, indent=1))
         path.with_suffix(".tmp").replace(path)  # whole files only: a stopped run leaves none
