@@ -174,33 +174,42 @@ def run_pixels(dataset: str, quick: bool) -> dict:
             "metrics": metrics}  # fmt: skip
 
 
+def _cell(metrics: dict, kind: str, attribute: str) -> str:
+    """``kNN / linear`` of one attribute under ``kind`` (``test`` or ``test/random``)."""
+    found = [metrics.get(f"{kind}/{probe}/{attribute}") for probe in ("knn", "linear")]
+    return " / ".join("" if v is None else f"{v:.3f}" for v in found)
+
+
 def table(out: Path, dataset: str) -> str:
-    """The markdown table of the results present: kNN per attribute (trained, and random init),
-    the other test metrics logged, seconds per epoch and images per second."""
+    """The markdown table of the results present: kNN / linear probe per attribute, RankMe,
+    seconds per epoch and images per second per method; then the reference rows: the same
+    backbone at random init (from the first result, the same for every method: one
+    architecture, one seed) and the raw pixels."""
     results = [json.loads(p.read_text()) for p in sorted((out / dataset).glob("*.json"))]
     if not results:
         return f"no results under {out / dataset}"
     keys = [k for r in results for k in r["metrics"]]  # in the order the data names them
     attributes = list(dict.fromkeys(k.split("/")[-1] for k in keys if "/knn/" in k))
-    extra = sorted(
-        {k for k in keys if "/knn/" not in k and not k.startswith(("test/random/", "test/chance/"))}
-    )
-    header = ["method", *[f"kNN {a}" for a in attributes], *extra, "s/epoch", "img/s"]
+    header = ["method", *attributes, "RankMe", "s/epoch", "img/s"]
     rows = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for r in results:
+    order = {m: i for i, m in enumerate([*METHODS, "supervised", "pixels"])}
+    trained = sorted((r for r in results if "epochs" in r), key=lambda r: order[r["method"]])
+    for r in trained:
         m = r["metrics"]
-        knn = [
-            f"{m[f'test/knn/{a}']:.3f}" + (
-                f" ({m[f'test/random/knn/{a}']:.3f})" if f"test/random/knn/{a}" in m else ""
-            ) if f"test/knn/{a}" in m else ""
-            for a in attributes
-        ]  # fmt: skip
-        others = [f"{m[k]:.3f}" if k in m else "" for k in extra]
-        speed = [
-            f"{r[k]:.1f}" if k in r else "" for k in ("seconds_per_epoch", "images_per_second")
-        ]
-        rows.append("| " + " | ".join([r["method"], *knn, *others, *speed]) + " |")
-    return "\n".join(rows) + "\n\nkNN: trained (random init). Commands: the JSON files."
+        rankme = f"{m['test/rankme']:.1f}" if "test/rankme" in m else ""
+        speed = [f"{r['seconds_per_epoch']:.1f}", f"{r['images_per_second']:.0f}"]
+        cells = [_cell(m, "test", a) for a in attributes]
+        rows.append("| " + " | ".join([r["method"], *cells, rankme, *speed]) + " |")
+    if trained:
+        cells = [_cell(trained[0]["metrics"], "test/random", a) for a in attributes]
+        rows.append("| random init | " + " | ".join(cells) + " | | | |")
+    for r in results:
+        if r["method"] == "pixels":
+            cells = [_cell(r["metrics"], "test", a) for a in attributes]
+            rows.append("| raw pixels | " + " | ".join(cells) + " | | | |")
+    return (
+        "\n".join(rows) + "\n\nEach cell: kNN / linear probe, test split. Commands: the JSON files."
+    )
 
 
 def main() -> None:
