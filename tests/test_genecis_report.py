@@ -1,19 +1,25 @@
 """``contrastive test ... --data GeneCISDataModule`` end to end through ``contrastive.cli.main``:
-a Conditional checkpoint (all four scorers) and a CLIP config with no checkpoint (the three
-baselines), on GeneCIS-format fixtures with a record skipped."""
+a Conditional checkpoint (all four scorers), a CLIP config with no checkpoint (the three
+baselines) and a registry open_clip pair scored untrained as open_clip itself scores, on
+GeneCIS-format fixtures with a record skipped."""
 
 from __future__ import annotations
 
 import lightning as L
+import open_clip
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
+from conftest import TINY
 
 from contrastive.cli import main
+from contrastive.datamodules import GeneCISDataModule
 from contrastive.evaluation import GeneCISEvaluation
 from contrastive.evaluation.genecis_benchmark import gallery_scores, target_ranks
 from contrastive.methods import Conditional
 from contrastive.text import OpenCLIPText
+from tests.test_clip_pretrained import _clip, _open_clip_views, pretrained  # noqa: F401 (a fixture)
 from tests.test_genecis_benchmark import redness  # noqa: F401 (a fixture)
 
 TEXT = {
@@ -108,3 +114,48 @@ def test_a_method_without_text_is_one_clear_line(redness, tmp_path, capsys):  # 
         main(["test", "--model=SimCLR", "--trainer.logger=false",
               "--trainer.callbacks+=GeneCISEvaluation", *_data_args(redness)])  # fmt: skip
     assert "SimCLR has no encode_image and encode_text" in capsys.readouterr().err
+
+
+def test_a_registry_open_clip_pair_is_scored_untrained_as_open_clip_scores(
+    redness,  # noqa: F811
+    pretrained,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    reference, path = pretrained
+    tiny = {"model": TINY, "pretrained": path}
+    config = {
+        "trainer": {"logger": False, "enable_progress_bar": False, "callbacks": CALLBACKS},
+        "model": {
+            "class_path": "contrastive.methods.CLIP",
+            "init_args": {
+                "backbone": f"open_clip:{TINY}",
+                "backbone_kwargs": {"pretrained": path},
+                "text_tower": {"class_path": "contrastive.text.OpenCLIPText", "init_args": tiny},
+                "embed_dim": None,  # the pair's own projections into its joint space
+            },
+        },
+    }
+    (tmp_path / "pair.yaml").write_text(yaml.safe_dump(config))
+    args = [a for a in _data_args(redness) if not a.startswith("--data.image_size")]
+    main(["test", "--config", str(tmp_path / "pair.yaml"), *args, "--data.image_size=32"])
+    rows = _rows(capsys.readouterr().out)
+    assert list(rows) == ["image", "text", "image+text"]
+    # The one record scored, by hand with open_clip's own towers and normalisation.
+    data = GeneCISDataModule("focus_object", redness.annotations[0], redness.images[0], 32)
+    data.setup("test")
+    batch = next(iter(data.test_dataloader()))
+    tokens = open_clip.get_tokenizer(TINY)(batch["text"])
+    with torch.no_grad():
+        image, gallery = (
+            F.normalize(reference.encode_image(_open_clip_views(reference, x)), dim=-1)
+            for x in (batch["image"], batch["gallery"][0][batch["gallery_mask"][0]])
+        )  # (1, E) and (G, E)
+        text = F.normalize(reference.encode_text(tokens), dim=-1)  # (1, E)
+        ours = gallery_scores(_clip(path), batch["image"], batch["text"], batch["gallery"],
+                              batch["gallery_mask"])  # fmt: skip
+    queries = {"image": image, "text": text, "image+text": F.normalize(image + text, dim=-1)}
+    for scorer, query in queries.items():
+        torch.testing.assert_close(ours[scorer][0], (query @ gallery.T)[0], msg=scorer)
+        rank = target_ranks(query @ gallery.T).item()
+        assert rows[scorer] == [float(rank < k) for k in (1, 2, 3)], scorer
