@@ -3,6 +3,7 @@ accuracy at every validation, kept in checkpoints, and 2 processes equal to one.
 
 from pathlib import Path
 
+import pytest
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
@@ -100,3 +101,69 @@ def test_two_processes_train_the_probe_one_process_trains_on_the_global_batch():
     for state in run_ddp(_probe_after_steps):
         for key, value in expected.items():
             torch.testing.assert_close(state[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_the_scored_probe_is_the_moving_average_of_the_trained_one():
+    features, labels = _batch()
+    probe = OnlineLinearProbe(lr=0.05, ema=0.9)
+    probe.fields = {"sign": 2, "noise": 3}
+    average = None  # a slow loop: the average of the weights written out, step by step
+    for _ in range(4):
+        probe.step(features, labels)
+        weights = {k: v.clone() for k, v in probe.probes.named_parameters()}
+        average = weights if average is None else {
+            k: 0.9 * average[k] + 0.1 * v for k, v in weights.items()
+        }  # fmt: skip
+    scored = probe.averaged.module.state_dict()
+    assert set(average) == {"sign.1.weight", "sign.1.bias", "noise.1.weight", "noise.1.bias"}
+    for key, value in average.items():
+        torch.testing.assert_close(scored[key], value, msg=key)
+    assert not torch.equal(scored["sign.1.weight"], probe.probes["sign"][1].weight)
+    # The standardisation is the trained probe's current one, not an average of its past.
+    for key, value in probe.probes.named_buffers():
+        torch.testing.assert_close(scored[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_without_averaging_the_last_weights_are_scored():
+    features, labels = _batch()
+    probe = OnlineLinearProbe(lr=0.05, ema=0.0)
+    probe.fields = {"sign": 2, "noise": 3}
+    for _ in range(3):
+        probe.step(features, labels)
+    scored = probe.averaged.module.state_dict()
+    for key, value in probe.probes.state_dict().items():
+        torch.testing.assert_close(scored[key], value, msg=key)
+
+
+def test_the_average_is_saved_in_checkpoints(tmp_path):
+    probe = OnlineLinearProbe(ema=0.5)
+    model, trainer = _fit(tmp_path, [probe])
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    restored = OnlineLinearProbe(ema=0.5)
+    tester = Trainer(logger=False, callbacks=[restored], enable_progress_bar=False)
+    tester.test(model, _data(), ckpt_path=str(path), weights_only=True)
+    for name, value in probe.averaged.state_dict().items():
+        torch.testing.assert_close(value, restored.averaged.state_dict()[name], msg=name)
+
+
+def test_a_checkpoint_without_an_average_scores_its_trained_probe():
+    features, labels = _batch()
+    probe = OnlineLinearProbe(lr=0.05)
+    probe.fields = {"sign": 2, "noise": 3}
+    probe.step(features, labels)
+    state = probe.state_dict()
+    del state["averaged"]  # as written before the average existed
+    restored = OnlineLinearProbe(ema=0.9)
+    restored.fields = dict(probe.fields)
+    restored.load_state_dict(state)
+    restored.build(6, torch.device("cpu"))
+    scored = restored.averaged.module.state_dict()
+    for key, value in probe.probes.state_dict().items():
+        torch.testing.assert_close(scored[key], value, msg=key)
+
+
+@pytest.mark.parametrize("bad", [{"ema": 1.0}, {"ema": -0.1}, {"lr": 0.0}, {"weight_decay": -1}])
+def test_bad_settings_are_refused_by_name(bad):
+    with pytest.raises(ValueError, match="need lr > 0"):
+        OnlineLinearProbe(**bad)
