@@ -19,11 +19,12 @@ by running the same command again, and can span sessions; commit each result as 
 over it (Fashion-MNIST through ``VisionSetDataModule``; crops, flips and brightness/contrast as the
 views) for the same wall-clock budget, ``--minutes`` (20 by default; on shapes too when given,
 with another ``--out``): the first steps are timed, ``trainer.max_epochs`` is set to the epochs
-that fit (so that the schedule ends with the run) and ``trainer.max_time`` stops it. ``--quick`` shrinks any run to a few steps (a smoke test of the
-runner; its results go to ``<out>-quick``). Two reference rows: ``pixels``, kNN and the linear
-probe on the raw pixels of the same bank and queries (``benchmarks/fashion_mnist_pixels.py``), and
-``supervised``: SupCon with the data's class labels, the same backbone and budget (the random-init
-row of every method is in its own result, ``test/random/...``).
+that fit (so that the schedule ends with the run) and ``trainer.max_time`` stops it. ``--quick``
+shrinks any run to a few steps (a smoke test of the runner; its results go to ``<out>-quick``).
+Two reference rows: ``pixels``, kNN and the linear probe on the raw pixels of the same bank and
+queries (``benchmarks/fashion_mnist_pixels.py``), and ``supervised``: SupCon with the data's class
+labels, the same backbone and budget (the random-init row of every method is in its own result,
+``test/random/...``).
 """
 
 from __future__ import annotations
@@ -148,11 +149,12 @@ def run_method(method: str, dataset: str, out: Path, args) -> dict:
     metrics = {
         k: float(v) for k, v in test.trainer.callback_metrics.items() if k.startswith("test")
     }
+    test_command = ["contrastive", "test", *common, *logger, f"--ckpt_path={checkpoint}"]
     return {
         "method": method,
         "dataset": dataset,
-        "command": command,
-        "test_command": ["contrastive", "test", *common, *logger, f"--ckpt_path={checkpoint}"],
+        "command": [a.replace(f"{REPO}/", "") for a in command],  # from the repository's root
+        "test_command": [a.replace(f"{REPO}/", "") for a in test_command],
         "metrics": metrics,
         "seconds_per_epoch": sum(timer.seconds) / max(len(timer.seconds), 1),
         "images_per_second": timer.images / max(sum(timer.seconds), 1e-9),
