@@ -114,7 +114,8 @@ class OnlineLinearProbe(Callback):
             loss.backward()
             self.optimizer.step()
             self.averaged.update_parameters(self.probes)
-            for mine, theirs in zip(self.averaged.module.buffers(), self.probes.buffers()):
+            current = zip(self.averaged.module.buffers(), self.probes.buffers(), strict=True)
+            for mine, theirs in current:
                 mine.copy_(theirs)
         return loss.detach() / len(self.fields)
 
