@@ -48,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the benchmarks' own modules
 
 from fashion_mnist_pixels import raw_pixel_results  # noqa: E402
-from gpu.fashion import calibrate  # noqa: E402
+from gpu.fashion import calibrate, fit_budget  # noqa: E402
 
 METHODS = (
     "simclr",
@@ -122,9 +122,7 @@ def _budget(args: list[str], minutes: float, quick: bool) -> list[str]:
     """The flags that fit the fit of ``args`` into ``minutes`` of wall clock: its first steps
     timed (benchmarks/gpu/fashion.py's calibration), the epochs that fit, and the stop."""
     step, per_epoch = calibrate(args, torch.device("cpu"), 3 if quick else CALIBRATION_STEPS)
-    epochs = 1 if quick else max(1, int(minutes * 60 // (step * per_epoch)))
-    seconds = int(minutes * 60)
-    limit = f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    epochs, limit = fit_budget(minutes * 60, step, per_epoch, quick)
     return [f"--trainer.max_epochs={epochs}", f"--trainer.max_time={limit}"]
 
 

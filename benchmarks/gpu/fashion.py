@@ -115,6 +115,14 @@ def calibrate(flags: list[str], device: torch.device, steps: int) -> tuple[float
     return clock.seconds_per_step(), trainer.num_training_batches
 
 
+def fit_budget(seconds: float, step: float, per_epoch: int, quick: bool) -> tuple[int, str]:
+    """The epochs of ``per_epoch`` steps of ``step`` seconds that fit in ``seconds`` (1 when
+    ``quick``), and ``seconds`` as ``trainer.max_time`` (``DD:HH:MM:SS``)."""
+    epochs = 1 if quick else max(1, math.floor(seconds / (step * per_epoch)))
+    s = int(seconds)
+    return epochs, f"{s // 86400:02d}:{s // 3600 % 24:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 def train_and_probe(
     method: str, root: Path, device: torch.device, quick: bool, seconds: float
 ) -> dict:
@@ -122,8 +130,7 @@ def train_and_probe(
     flags = _flags(method, root, device, quick)
     step, per_epoch = calibrate(flags, device, 3 if quick else CALIBRATION_STEPS)
     release(device)
-    epochs = 1 if quick else max(1, math.floor(seconds / (step * per_epoch)))
-    limit = f"00:00:{int(seconds // 60):02d}:{int(seconds % 60):02d}"
+    epochs, limit = fit_budget(seconds, step, per_epoch, quick)
     start = time.perf_counter()
     main(["fit", *flags, f"--trainer.max_epochs={epochs}", f"--trainer.max_time={limit}"])
     fit_seconds = time.perf_counter() - start
