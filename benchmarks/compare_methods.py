@@ -13,6 +13,8 @@ by running the same command again, and can span sessions; commit each result as 
     python benchmarks/compare_methods.py --dataset shapes --methods simclr dino
     python benchmarks/compare_methods.py --dataset fashion_mnist --methods vicreg
     python benchmarks/compare_methods.py --dataset shapes --table
+    python benchmarks/compare_methods.py --dataset fashion_mnist --methods simclr --out /tmp/w32 \
+        --model.init_args.backbone_kwargs.width=32    # a recipe change, laid over every run
 
 ``--dataset shapes`` runs the configs as shipped (8 epochs of 8192 images on the small CNN).
 ``--dataset fashion_mnist`` trains each method's config with ``benchmarks/fashion_cpu.yaml`` laid
@@ -129,7 +131,7 @@ def _budget(args: list[str], minutes: float, quick: bool) -> list[str]:
 def run_method(method: str, dataset: str, out: Path, args) -> dict:
     """Train and test one method; the result dict written to its JSON file."""
     run_root = out / dataset / "runs"
-    common = _args_for(method, dataset, args.quick)
+    common = _args_for(method, dataset, args.quick) + args.overrides
     if args.epochs is not None:
         common.append(f"--trainer.max_epochs={args.epochs}")
     elif args.minutes is not None:
@@ -164,10 +166,10 @@ def run_method(method: str, dataset: str, out: Path, args) -> dict:
     }
 
 
-def run_pixels(dataset: str, quick: bool) -> dict:
+def run_pixels(dataset: str, quick: bool, overrides: list[str]) -> dict:
     """The evaluation layer's kNN and linear probe on the raw pixels (standardised with the
     bank's statistics) of the data module's bank and queries."""
-    cli = ContrastiveCLI(args=_args_for("simclr", dataset, quick), run=False)
+    cli = ContrastiveCLI(args=_args_for("simclr", dataset, quick) + overrides, run=False)
     metrics = {k: float(v) for k, v in raw_pixel_results(cli.datamodule).items()}
     command = ["python", "benchmarks/compare_methods.py", "--dataset", dataset, "--methods"]
     return {"method": "pixels", "dataset": dataset, "command": [*command, "pixels"],
@@ -216,7 +218,7 @@ def table(out: Path, dataset: str) -> str:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="shapes")
     rows = [*METHODS, "supervised", "pixels"]
@@ -226,7 +228,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, help="wall-clock budget of each fit")
     parser.add_argument("--quick", action="store_true", help="a few steps per run (smoke test)")
     parser.add_argument("--table", action="store_true", help="print the table of the results")
-    args = parser.parse_args()
+    args, args.overrides = parser.parse_known_args(argv)
+    if any(not a.startswith(("--model.", "--trainer.", "--data.")) for a in args.overrides):
+        parser.error(f"unrecognised arguments: {' '.join(args.overrides)}")
     out = args.out.with_name(args.out.name + "-quick") if args.quick else args.out
     if args.dataset != "shapes" and not args.table:
         from contrastive.datamodules.vision_sets import SPECS
@@ -250,7 +254,7 @@ def main() -> None:
             continue
         torch.manual_seed(0)
         if method == "pixels":
-            result = run_pixels(args.dataset, args.quick)
+            result = run_pixels(args.dataset, args.quick, args.overrides)
         else:
             result = run_method(method, args.dataset, out, args)
         path.parent.mkdir(parents=True, exist_ok=True)
