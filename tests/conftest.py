@@ -1,6 +1,7 @@
 """Fixtures shared by several test modules."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,16 @@ import pytest
 import torch
 
 TINY = "Tiny-Test-ViT"
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, the cores shared among the workers: each worker's torch, and the
+    processes it starts (DDP, the CLI), get their share of threads rather than all of them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = threads
+        torch.set_num_threads(int(threads))
 
 
 @pytest.fixture(autouse=True)
