@@ -184,15 +184,15 @@ def _cell(metrics: dict, kind: str, attribute: str) -> str:
 
 def table(out: Path, dataset: str) -> str:
     """The markdown table of the results present: kNN / linear probe per attribute, RankMe,
-    seconds per epoch and images per second per method; then the reference rows: the same
-    backbone at random init (from the first result, the same for every method: one
-    architecture, one seed) and the raw pixels."""
+    epochs trained, seconds per epoch and images per second per method; then the reference
+    rows: the same backbone at random init (from the first result, the same for every method:
+    one architecture, one seed) and the raw pixels."""
     results = [json.loads(p.read_text()) for p in sorted((out / dataset).glob("*.json"))]
     if not results:
         return f"no results under {out / dataset}"
     keys = [k for r in results for k in r["metrics"]]  # in the order the data names them
     attributes = list(dict.fromkeys(k.split("/")[-1] for k in keys if "/knn/" in k))
-    header = ["method", *attributes, "RankMe (centred)", "s/epoch", "img/s"]
+    header = ["method", *attributes, "RankMe (centred)", "epochs", "s/epoch", "img/s"]
     rows = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     order = {m: i for i, m in enumerate([*METHODS, "supervised", "pixels"])}
     trained = sorted((r for r in results if "epochs" in r), key=lambda r: order[r["method"]])
@@ -203,16 +203,16 @@ def table(out: Path, dataset: str) -> str:
             for i, k in enumerate(("test/rankme", "test/centred_rankme"))
             if k in m
         )  # as published (centred: what the collapse warning reads)
-        speed = [f"{r['seconds_per_epoch']:.1f}", f"{r['images_per_second']:.0f}"]
+        speed = [str(r["epochs"]), f"{r['seconds_per_epoch']:.1f}", f"{r['images_per_second']:.0f}"]
         cells = [_cell(m, "test", a) for a in attributes]
         rows.append("| " + " | ".join([r["method"], *cells, rankme, *speed]) + " |")
     if trained:
         cells = [_cell(trained[0]["metrics"], "test/random", a) for a in attributes]
-        rows.append("| random init | " + " | ".join(cells) + " | | | |")
+        rows.append("| random init | " + " | ".join(cells) + " | | | | |")
     for r in results:
         if r["method"] == "pixels":
             cells = [_cell(r["metrics"], "test", a) for a in attributes]
-            rows.append("| raw pixels | " + " | ".join(cells) + " | | | |")
+            rows.append("| raw pixels | " + " | ".join(cells) + " | | | | |")
     return (
         "\n".join(rows) + "\n\nEach cell: kNN / linear probe, test split. Commands: the JSON files."
     )

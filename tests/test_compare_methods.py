@@ -57,11 +57,11 @@ def test_quick_rows_are_written_skipped_when_present_and_tabulated(tmp_path, cap
 
     compare_methods.main(["--dataset", "fashion_mnist", "--quick", "--out", str(out), "--table"])
     rows = capsys.readouterr().out.splitlines()
-    assert rows[0].startswith("| method | class |")
+    assert rows[0] == "| method | class | RankMe (centred) | epochs | s/epoch | img/s |"
     names = [r.split(" | ")[0].lstrip("| ") for r in rows[2:] if r.startswith("| ")]
     assert names == ["simclr", "supervised", "random init", "raw pixels"]
     knn = results["simclr"]["metrics"]["test/knn/class"]
-    assert f"| simclr | {knn:.3f} / " in rows[2]
+    assert rows[2].startswith(f"| simclr | {knn:.3f} / ") and " | 1 | " in rows[2]  # 1 epoch
 
 
 def test_arguments_it_does_not_know_are_refused_by_name(capsys):
