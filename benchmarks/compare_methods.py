@@ -242,8 +242,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.minutes is None:
         args.minutes = BUDGETED.get(args.dataset)
-    if args.methods is None:  # shapes: SupCon's row is the labelled one
-        args.methods = rows if args.dataset in BUDGETED else [*METHODS, "pixels"]
+    if args.methods is None:  # one labelled row: SupCon's on shapes, `supervised` (SupCon) else
+        labelled = [m for m in rows if m != "supcon"] if args.dataset in BUDGETED else None
+        args.methods = labelled or [*METHODS, "pixels"]
     unknown = set(args.methods) - set(rows)
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; choose from {rows}")
