@@ -377,8 +377,9 @@ def small_cnn(*, pretrained: bool = False, width: int = 32, in_chans: int = 3) -
     """
     if pretrained:
         raise ValueError("small_cnn has no pretrained weights; train it or pass checkpoint=PATH")
-    if width < 1 or in_chans < 1:
-        raise ValueError(f"expected width >= 1 and in_chans >= 1, got {width} and {in_chans}")
+    for name, value in (("width", width), ("in_chans", in_chans)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"small_cnn: expected {name} an integer >= 1, got {value!r}")
     chans = [in_chans, width, 2 * width, 2 * width, 4 * width, 4 * width, 8 * width]
     layers: list[nn.Module] = []
     for i, (c_in, c_out) in enumerate(zip(chans[:-1], chans[1:], strict=True)):

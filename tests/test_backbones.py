@@ -89,8 +89,11 @@ def test_small_cnn_layout():
 def test_small_cnn_has_no_pretrained_weights():
     with pytest.raises(ValueError, match="small_cnn has no pretrained weights"):
         create_backbone("small_cnn", pretrained=True)
-    with pytest.raises(ValueError, match="expected width >= 1"):
+    with pytest.raises(ValueError, match="small_cnn: expected width an integer >= 1, got 0"):
         create_backbone("small_cnn", width=0)
+    # A dotted CLI flag (--model.backbone_kwargs.width=32) gives a string: named, not compared.
+    with pytest.raises(ValueError, match="expected width an integer >= 1, got '32'"):
+        create_backbone("small_cnn", width="32")
 
 
 @pytest.mark.parametrize("lightning", [False, True])
