@@ -14,7 +14,7 @@ by running the same command again, and can span sessions; commit each result as 
     python benchmarks/compare_methods.py --dataset fashion_mnist --methods vicreg
     python benchmarks/compare_methods.py --dataset shapes --table
     python benchmarks/compare_methods.py --dataset fashion_mnist --methods simclr --out /tmp/w32 \
-        --model.init_args.backbone_kwargs.width=32    # a recipe change, laid over every run
+        '--model.init_args.backbone_kwargs={width: 32}'    # a recipe change, over every run
 
 ``--dataset shapes`` runs the configs as shipped (8 epochs of 8192 images on the small CNN).
 ``--dataset fashion_mnist`` trains each method's config with ``benchmarks/fashion_cpu.yaml`` laid
