@@ -22,6 +22,14 @@ def pytest_configure(config):
         torch.set_num_threads(int(threads))
 
 
+@pytest.fixture
+def benchmarks_in_tmp(monkeypatch, tmp_path):
+    """The scripts under ``benchmarks/`` importable (as they import each other), run from
+    ``tmp_path`` so that what they write stays there."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(autouse=True)
 def _no_precision_measurement(tmp_path_factory, monkeypatch):
     """A run without --trainer.precision times the precisions its device offers

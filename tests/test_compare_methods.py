@@ -5,18 +5,11 @@ figures the table reads, a present result is skipped, and the table prints them.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from test_vision_sets import write_fake_fashion_mnist
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-@pytest.fixture(autouse=True)
-def _benchmarks_on_path(monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("benchmarks_in_tmp")
 
 
 def test_quick_rows_are_written_skipped_when_present_and_tabulated(tmp_path, capsys):

@@ -14,10 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(autouse=True)
-def _benchmarks_on_path(monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("benchmarks_in_tmp")
 
 
 def test_the_quick_check_runs_every_part_and_writes_its_figures(tmp_path, capsys):
