@@ -194,6 +194,7 @@ def table(out: Path, dataset: str) -> str:
     attributes = list(dict.fromkeys(k.split("/")[-1] for k in keys if "/knn/" in k))
     header = ["method", *attributes, "RankMe (centred)", "epochs", "s/epoch", "img/s"]
     rows = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    no_figures = " |" * (len(header) - len(attributes))  # a reference row's empty columns
     order = {m: i for i, m in enumerate([*METHODS, "supervised", "pixels"])}
     trained = sorted((r for r in results if "epochs" in r), key=lambda r: order[r["method"]])
     for r in trained:
@@ -208,11 +209,11 @@ def table(out: Path, dataset: str) -> str:
         rows.append("| " + " | ".join([r["method"], *cells, rankme, *speed]) + " |")
     if trained:
         cells = [_cell(trained[0]["metrics"], "test/random", a) for a in attributes]
-        rows.append("| random init | " + " | ".join(cells) + " | | | | |")
+        rows.append("| random init | " + " | ".join(cells) + no_figures)
     for r in results:
         if r["method"] == "pixels":
             cells = [_cell(r["metrics"], "test", a) for a in attributes]
-            rows.append("| raw pixels | " + " | ".join(cells) + " | | | | |")
+            rows.append("| raw pixels | " + " | ".join(cells) + no_figures)
     return (
         "\n".join(rows) + "\n\nEach cell: kNN / linear probe, test split. Commands: the JSON files."
     )
