@@ -32,9 +32,7 @@ def _worker(rank: int, world_size: int, port: int, fn, args: tuple, out_dir: str
 
 
 def run_ddp(fn, *args, world_size: int = 2) -> list:
-    """``fn(rank, world_size, *args)`` in each process; returns the ranks' results in order.
-
-    ``fn`` must be importable (defined at a test module's top level)."""
+    """``fn(rank, world_size, *args)`` in each process; returns the ranks' results in order."""
     with tempfile.TemporaryDirectory() as out_dir:
         mp.start_processes(
             _worker,
