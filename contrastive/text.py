@@ -361,23 +361,6 @@ def token_rows(tokens: Any, index: Tensor) -> Any:
     return tokens[index]
 
 
-def freeze(module: nn.Module) -> nn.Module:
-    """Stop gradients into ``module``; the caller keeps it in eval (``keep_frozen_eval``)."""
-    for param in module.parameters():
-        param.requires_grad_(False)
-    return module.eval()
-
-
-def keep_frozen_eval(*towers: tuple[bool, nn.Module]) -> None:
-    """Put each ``(frozen, module)`` whose flag is set back in eval mode after ``train()``.
-
-    A frozen tower stays as it was loaded: no dropout, fixed BatchNorm statistics.
-    """
-    for frozen, module in towers:
-        if frozen:
-            module.eval()
-
-
 __all__ = [
     "HFTokenizer",
     "OpenCLIPText",
@@ -385,9 +368,7 @@ __all__ = [
     "TextCache",
     "TextTower",
     "distinct_texts",
-    "freeze",
     "joint_space",
-    "keep_frozen_eval",
     "pretrained_pair",
     "projections",
     "resolve_sentence_transformer",

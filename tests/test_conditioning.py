@@ -3,7 +3,6 @@ import torch
 
 from contrastive.backbones import create_backbone
 from contrastive.conditioning import create_conditioning, list_conditionings
-from contrastive.text import freeze
 
 HEADS = ["project", "film", "combiner"]
 
@@ -71,7 +70,7 @@ def vit():
 
 
 def test_token_conditioning_feeds_the_text_as_a_token_through_a_frozen_vit():
-    tower = freeze(vit())
+    tower = vit().requires_grad_(False).eval()
     head = create_conditioning("token", tower.num_features, 10, out_dim=6).attach(tower)
     images, text = torch.randn(3, 3, 16, 16), torch.randn(3, 10)
     out = head(images, text)

@@ -11,59 +11,46 @@ from torch import Tensor, nn
 from contrastive.gradcache import Embeddings, by_sample, by_view
 from contrastive.heads import ProjectionHead
 from contrastive.losses import Tiling, clip_loss, siglip_loss
-from contrastive.methods.base import ContrastiveMethod
+from contrastive.methods.towers import TwoTowerMethod, scale_gradient
 from contrastive.queue import EmbeddingQueue
-from contrastive.text import TextCache, TextTower, freeze, joint_space, keep_frozen_eval, tokens_to
+from contrastive.text import TextTower, joint_space, tokens_to
 
 
-class CLIP(ContrastiveMethod):
+class CLIP(TwoTowerMethod):
     """CLIP (Radford et al. 2021, arXiv:2103.00020): an image and a text tower whose embeddings
     meet; each image is pulled to its caption and pushed from every other caption of the global
     batch. ``loss="siglip"`` gives SigLIP (Zhai et al. 2023, arXiv:2303.15343); a frozen
     pretrained text tower with a trained image tower gives LiT (Zhai et al. 2022,
     arXiv:2111.07991).
 
-    The image tower is ``backbone`` (from the registry) plus a linear projection to
-    ``embed_dim``; the text tower is a :class:`~contrastive.text.TextTower` plus its own
-    projection. ``embed(images)`` is the backbone's features; ``encode_image`` and
-    ``encode_text`` the two towers' embeddings in the shared space, which
-    :class:`~contrastive.evaluation.crossmodal_report.CrossModalEvaluation` reads for zero-shot
-    classification and retrieval. Towers from one pretrained open_clip model keep its projections
-    and logit scale (:func:`~contrastive.text.joint_space`): at step 0 they score as it does.
+    ``embed(images)`` is the backbone's features; ``encode_image`` and ``encode_text`` the
+    towers' embeddings in the shared space (zero-shot and retrieval read them). Towers from one
+    pretrained open_clip model keep its projections and logit scale (``joint_space``).
 
     Args:
-        text_tower: e.g. :class:`~contrastive.text.OpenCLIPText` or
-            :class:`~contrastive.text.SentenceTransformerText`, by ``class_path`` in YAML.
+        text_tower: the text tower (:class:`~contrastive.methods.towers.TwoTowerMethod`).
         embed_dim: the shared embedding width; ``None`` keeps the text tower's width.
         text_projection: a linear projection after the text tower. Without it (LiT's locked
             tower) the image tower projects straight into the text tower's space.
-        freeze_image_tower: no gradient into ``backbone`` (its projection still trains).
-        freeze_text_tower: no gradient into the text tower (its projection still trains); a
-            frozen tower stays in eval mode and runs without a graph.
+        freeze_image_tower, freeze_text_tower: no gradient into ``backbone``, into
+            ``text_tower`` (their projections still train); a frozen tower runs without a graph.
         loss: ``"clip"`` (symmetric softmax cross-entropy) or ``"siglip"`` (pairwise sigmoid).
         init_temperature: initial ``1 / logit_scale``: 0.07 for CLIP, 0.1 for SigLIP by default.
         learn_temperature: learn the logit scale (a float32 parameter without weight decay).
         max_logit_scale: the logit scale is clamped to at most this (100 in CLIP).
         init_logit_bias: SigLIP's initial bias (-10 in the paper).
-        tiled: compute the CLIP loss tile by tile (memory linear in the global batch).
-        tile_size: rows and columns per tile when ``tiled``.
-        tile_above: tile automatically when the global batch has more pairs than this;
-            ``None`` never does.
-        text_cache_size: with a frozen text tower, remember up to this many captions' tower
-            outputs (a frozen tower always gives the same); 0 turns the cache off.
+        tiled, tile_size: the CLIP loss in tiles of this many rows and columns (memory linear
+            in the global batch); ``tile_above``: tiled when the global batch is larger.
         ssl_weight: weight of SLIP's image self-supervision (Mu et al. 2022, arXiv:2112.12750):
-            NT-Xent between two views of each image through its own projection head; it teaches
-            the image tower what captions are slow to (shape, on the shapes data).
-        ssl_temperature: its NT-Xent temperature.
-        ssl_projector_dim: its projection head's output width (hidden: 512).
-        queue_size: keep the last this many image and text embeddings (every rank's) as extra
-            negatives, MoCo-style (``queue.py``); queued rows never match; not for SLIP's image
-            loss; needs ``loss="clip"``. 0: no queue.
+            NT-Xent between two views of each image through its own projection head.
+        ssl_temperature, ssl_projector_dim: its NT-Xent temperature and head width (hidden 512).
+        queue_size: the last this many image and text embeddings (every rank's) kept as extra
+            negatives, MoCo-style (``queue.py``), for ``loss="clip"``'s pairs only. 0: none.
         caption_grad_scale: multiplies the image-text loss's gradient into ``backbone`` (the
             projection gets it whole). 1: CLIP; 0: the backbone learns from SLIP's loss alone;
             0.1 let the image loss lead on the shapes data while captions kept colour.
-        **kwargs: :class:`ContrastiveMethod` arguments (backbone, augment, optimizer, and
-            ``chunk_size``: with gradient caching, chunks of pairs, both towers re-run).
+        **kwargs: :class:`ContrastiveMethod` arguments (``chunk_size``: with gradient caching,
+            chunks of pairs, both towers re-run).
     """
 
     def __init__(
@@ -89,7 +76,9 @@ class CLIP(ContrastiveMethod):
         caption_grad_scale: float = 1.0,
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(
+            text_tower, freeze_image_tower, freeze_text_tower, text_cache_size, **kwargs
+        )
         if loss not in ("clip", "siglip"):
             raise ValueError(f"loss must be 'clip' or 'siglip', got '{loss}'")
         if queue_size < 0:
@@ -108,9 +97,7 @@ class CLIP(ContrastiveMethod):
                 f"init_temperature={init_temperature}"
             )
         embed_dim = embed_dim or text_tower.num_features
-        self.text_tower = freeze(text_tower) if freeze_text_tower else text_tower
-        if freeze_image_tower:
-            freeze(self.backbone)
+        self.freeze_towers(with_projections=False)
         log_scale = torch.tensor(math.log(1 / init_temperature) if log_scale is None else log_scale)
         if learn_temperature:
             self.log_logit_scale = nn.Parameter(log_scale)
@@ -120,10 +107,7 @@ class CLIP(ContrastiveMethod):
             bias = init_logit_bias if bias is None else bias  # a pretrained SigLIP's own
             self.logit_bias = nn.Parameter(torch.tensor(float(bias)))
         self.loss, self.max_logit_scale = loss, max_logit_scale
-        self.freeze_image_tower, self.freeze_text_tower = freeze_image_tower, freeze_text_tower
         self.tiling = Tiling(tiled, tile_size, tile_above)
-        self.text_cache_size = text_cache_size if freeze_text_tower else 0
-        self._text_cache = TextCache(self.text_cache_size)
         self.ssl_weight, self.ssl_temperature = ssl_weight, ssl_temperature
         if ssl_weight > 0:
             self.ssl_projector = ProjectionHead(self.backbone.num_features, 512, ssl_projector_dim)
@@ -135,41 +119,20 @@ class CLIP(ContrastiveMethod):
     def tokenizer(self):
         return self.text_tower.tokenizer
 
-    # ---- the two towers ---------------------------------------------------------------------
-
-    def train(self, mode: bool = True) -> CLIP:
-        super().train(mode)
-        keep_frozen_eval(
-            (self.freeze_image_tower, self.backbone), (self.freeze_text_tower, self.text_tower)
-        )
-        return self
-
     def make_views(self, batch: dict) -> list[Tensor]:
-        """An augmented view of each image, and a second one when the batch has a generator
-        ``view`` (augmented) or ``ssl_weight > 0`` (of the image itself, augmented again)."""
+        """Each image augmented; a second view of the generator's ``view`` or, for SLIP, itself."""
         sources = [batch["image"]]
         if "view" in batch or self.ssl_weight > 0:
             sources.append(batch.get("view", batch["image"]))
         return [self._memory_format(self.augment(s)) for s in sources]
 
-    def _features(self, views: Tensor) -> Tensor:  # normalised images -> (B, F) backbone
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_image_tower):
-            return self.backbone(views)
-
-    def encode_image(self, images: Tensor) -> Tensor:
-        """uint8 (or [0, 1] float) images ``(B, C, H, W)`` -> ``(B, E)`` (not unit-norm)."""
-        views = self._memory_format(self.augment.normalize(images))
-        return self.image_projection(self._features(views))
-
     def encode_text(self, texts: list[str], tokens: Any = None) -> Tensor:
-        """Captions -> ``(B, E)`` (not unit-norm); ``tokens``: theirs when the loader's workers
-        tokenized them already (``batch["tokens"]``)."""
+        """Captions -> ``(B, E)`` (not unit-norm); ``tokens``: the loader workers' tokens."""
         if tokens is None:
             tokens = tokens_to(self.tokenizer(list(texts)), self.device)
-        if self.text_cache_size > 0:
-            return self.text_projection(
-                self._text_cache.features(self.text_tower, list(texts), tokens)
-            )
+        if self._text_cache.size > 0:
+            features = self._text_cache.features(self.text_tower, list(texts), tokens)
+            return self.text_projection(features)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_text_tower):
             return self.text_projection(self.text_tower(tokens))
 
@@ -179,13 +142,9 @@ class CLIP(ContrastiveMethod):
         log_scale = self.log_logit_scale.float().clamp(max=math.log(self.max_logit_scale))
         return log_scale.exp()
 
-    # ---- training ---------------------------------------------------------------------------
-
     def training_embeddings(self, batch: dict) -> Embeddings:
-        """``{"image": (B, V, E), "text": (B, V, E)}`` for the V = 1 or 2 pairs of each sample
-        (a generator view with its own caption is a second pair), and ``"features": (B, 2, F)``,
-        both views' backbone features, for SLIP's image loss when ``ssl_weight > 0`` (its
-        projector runs in the loss, on the whole batch: its BatchNorm sees every image)."""
+        """``{"image", "text": (B, V, E)}``, V = 2 when a generator view has its own caption, and
+        for SLIP ``"features": (B, 2, F)`` (its projector runs in the loss, on the whole batch)."""
         b = len(batch["views"][0])
         features = self._features(torch.cat(batch["views"]))  # (B, F) or (2B, F)
         texts = self.encode_text(batch["caption"], batch.get("tokens"))  # (B, E)
@@ -238,12 +197,3 @@ class CLIP(ContrastiveMethod):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         with torch.no_grad():  # as CLIP does after each step: the parameter itself stays bounded
             self.log_logit_scale.clamp_(max=math.log(self.max_logit_scale))
-
-
-def scale_gradient(x: Tensor, scale: float) -> Tensor:
-    """``x`` unchanged forward; its gradient multiplied by ``scale`` backward."""
-    if scale == 1:
-        return x
-    if scale == 0:
-        return x.detach()
-    return x.detach() + scale * (x - x.detach())

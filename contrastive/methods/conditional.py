@@ -9,23 +9,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from contrastive import distributed
-from contrastive.backbones import load_weights
-from contrastive.checkpoints import resolve_checkpoint
 from contrastive.conditioning import create_conditioning
-from contrastive.methods.base import ContrastiveMethod
-from contrastive.text import (
-    TextCache,
-    TextTower,
-    distinct_texts,
-    freeze,
-    keep_frozen_eval,
-    projections,
-)
+from contrastive.methods.towers import TwoTowerMethod
+from contrastive.text import TextTower, distinct_texts, projections
 
 _RESTORING: ContextVar[bool] = ContextVar("restoring_from_checkpoint", default=False)
 
 
-class Conditional(ContrastiveMethod):
+class Conditional(TwoTowerMethod):
     """Learns in what respect two images are alike from (image, image, text) triplets, after
     FocalLens-like conditional embeddings (Hsieh et al. 2025, arXiv:2504.08368) and Conditional
     Similarity Networks (Veit et al. 2017, arXiv:1603.07810).
@@ -51,16 +42,13 @@ class Conditional(ContrastiveMethod):
         image_embed_dim: width of the image projection (the CLIP embedding); ``None`` takes the
             text tower's width (LiT).
         text_projection: the towers have a text projection (CLIP) or none (LiT).
-        freeze_image_tower: no gradient into the backbone and image projection.
-        freeze_text_tower: no gradient into the text tower and its projection; then each
-            distinct text's tower output is cached.
+        freeze_image_tower, freeze_text_tower: no gradient into the backbone, the text tower,
+            and their projections; with a frozen text tower each text's output is cached.
         temperature: InfoNCE temperature.
         symmetric: average the loss over both directions of each pair.
         hard_negatives: use the batch's ``negative`` images as extra candidates.
-        text_cache_size: distinct texts remembered with a frozen text tower.
         condition_on_text: ``False``: the matched-budget control, the same head trained on the
-            same triplets with its text input zero (it never reads a condition), so it learns
-            one embedding for all of them with the conditioned model's trainable parameters.
+            same triplets with zero for text: one embedding for all, with as many parameters.
         **kwargs: :class:`ContrastiveMethod` arguments (``backbone``, ``augment``, ...).
     """
 
@@ -82,30 +70,24 @@ class Conditional(ContrastiveMethod):
         condition_on_text: bool = True,
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(
+            text_tower, freeze_image_tower, freeze_text_tower, text_cache_size, **kwargs
+        )
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         width = image_embed_dim or text_tower.num_features
-        self.text_tower = text_tower
         self.image_projection, self.text_projection = projections(
             self.backbone.num_features, text_tower, width, text_projection, "image_embed_dim"
         )
         if towers is not None and not _RESTORING.get():  # a checkpoint holds its own towers
             self.load_towers(towers)
-        for frozen, modules in (
-            (freeze_image_tower, (self.backbone, self.image_projection)),
-            (freeze_text_tower, (self.text_tower, self.text_projection)),
-        ):
-            for module in modules if frozen else ():
-                freeze(module)
+        self.freeze_towers(with_projections=True)
         dims = {"image_dim": self.backbone.num_features, "text_dim": width, "out_dim": embed_dim}
         self.conditioning = create_conditioning(conditioning, **dims, **(conditioning_kwargs or {}))
         if self.conditioning.takes_images:
             self.conditioning.attach(self.backbone)
-        self.freeze_image_tower, self.freeze_text_tower = freeze_image_tower, freeze_text_tower
         self.temperature, self.symmetric = temperature, symmetric
         self.hard_negatives, self.condition_on_text = hard_negatives, condition_on_text
-        self._text_cache = TextCache(text_cache_size if freeze_text_tower else 0)
 
     @classmethod
     def load_from_checkpoint(cls, *args, **kwargs) -> Conditional:
@@ -116,44 +98,16 @@ class Conditional(ContrastiveMethod):
         finally:
             _RESTORING.reset(token)
 
-    def load_towers(self, path: str) -> None:
-        """Load both towers (and their projections) from a CLIP checkpoint or run folder."""
-        checkpoint = resolve_checkpoint(path)
-        for prefix in ("backbone", "image_projection", "text_tower", "text_projection"):
-            module = getattr(self, prefix)
-            if list(module.state_dict()):
-                load_weights(module, checkpoint, f"{prefix}.", f"this model's {prefix}")
-
-    def train(self, mode: bool = True) -> Conditional:
-        super().train(mode)
-        keep_frozen_eval(
-            (self.freeze_image_tower, self.backbone), (self.freeze_text_tower, self.text_tower)
-        )
-        return self
-
-    # ---- the towers -------------------------------------------------------------------------
-
     def make_views(self, batch: dict) -> list[Tensor]:
         """The anchor, the positive (``view``) and, when present, the hard ``negative``."""
         negative = ["negative"] if self.hard_negatives and "negative" in batch else []
         return [self._memory_format(self.augment(batch[k])) for k in ["image", "view", *negative]]
 
-    def _features(self, views: Tensor) -> Tensor:  # normalised images -> (B, F) backbone
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_image_tower):
-            return self.backbone(views)
-
     def _inputs(self, views: Tensor) -> Tensor:  # what the conditioning reads, of normalised images
         return views if self.conditioning.takes_images else self._features(views)
 
-    def _views(self, images: Tensor) -> Tensor:
-        return self._memory_format(self.augment.normalize(images))
-
     def embed(self, images: Tensor) -> Tensor:  # the unconditioned image embedding
         return self.encode_image(images)
-
-    def encode_image(self, images: Tensor) -> Tensor:
-        """uint8 (or [0, 1] float) images -> unconditioned ``(B, E)``, in the text's space."""
-        return self.image_projection(self._features(self._views(images)))
 
     def encode_text(self, texts: list[str]) -> Tensor:
         """Texts -> unit embeddings ``(len(texts), E)`` in the image embedding's space."""

@@ -1,0 +1,95 @@
+"""The base of methods with an image and a text tower: CLIP (SigLIP, LiT, SLIP) and Conditional."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from contrastive.backbones import load_weights
+from contrastive.checkpoints import resolve_checkpoint
+from contrastive.methods.base import ContrastiveMethod
+from contrastive.text import TextCache, TextTower
+
+
+class TwoTowerMethod(ContrastiveMethod):
+    """A method whose image tower (``backbone``, then ``image_projection``) and text tower
+    (``text_tower``, then ``text_projection``) meet in one embedding space.
+
+    A subclass builds the two projections and then calls :meth:`freeze_towers`. A frozen tower
+    gets no gradient (so no optimizer state) and stays in eval mode through ``train()``, as it
+    was loaded: no dropout, fixed BatchNorm statistics.
+
+    Args:
+        text_tower: e.g. :class:`~contrastive.text.OpenCLIPText` or
+            :class:`~contrastive.text.SentenceTransformerText`, by ``class_path`` in YAML.
+        freeze_image_tower: no gradient into ``backbone``.
+        freeze_text_tower: no gradient into ``text_tower``.
+        text_cache_size: with a frozen text tower, remember up to this many texts' tower outputs
+            (a frozen tower always gives the same); 0 turns the cache off.
+        **kwargs: :class:`ContrastiveMethod` arguments (backbone, augment, optimizer, ...).
+    """
+
+    def __init__(
+        self,
+        text_tower: TextTower,
+        freeze_image_tower: bool = False,
+        freeze_text_tower: bool = False,
+        text_cache_size: int = 100_000,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.text_tower = text_tower
+        self.freeze_image_tower, self.freeze_text_tower = freeze_image_tower, freeze_text_tower
+        self._text_cache = TextCache(text_cache_size if freeze_text_tower else 0)
+
+    def freeze_towers(self, with_projections: bool) -> None:
+        """Freeze the towers so flagged, with their projections when ``with_projections``."""
+        for frozen, tower, projection in (
+            (self.freeze_image_tower, self.backbone, self.image_projection),
+            (self.freeze_text_tower, self.text_tower, self.text_projection),
+        ):
+            for module in (tower, projection)[: 1 + with_projections] if frozen else ():
+                for param in module.parameters():
+                    param.requires_grad_(False)
+                module.eval()
+
+    def load_towers(self, path: str) -> None:
+        """Load both towers (and their projections) from a CLIP checkpoint or run folder."""
+        checkpoint = resolve_checkpoint(path)
+        for prefix in ("backbone", "image_projection", "text_tower", "text_projection"):
+            module = getattr(self, prefix)
+            if list(module.state_dict()):
+                load_weights(module, checkpoint, f"{prefix}.", f"this model's {prefix}")
+
+    def train(self, mode: bool = True) -> TwoTowerMethod:
+        super().train(mode)
+        for frozen, tower in (
+            (self.freeze_image_tower, self.backbone),
+            (self.freeze_text_tower, self.text_tower),
+        ):
+            if frozen:
+                tower.eval()
+        return self
+
+    def _features(self, views: Tensor) -> Tensor:  # normalised images -> (B, F) backbone
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_image_tower):
+            return self.backbone(views)
+
+    def _views(self, images: Tensor) -> Tensor:  # uint8 (or [0, 1] float) -> normalised
+        return self._memory_format(self.augment.normalize(images))
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """uint8 (or [0, 1] float) images ``(B, C, H, W)`` -> ``(B, E)`` (not unit-norm)."""
+        return self.image_projection(self._features(self._views(images)))
+
+
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """``x`` unchanged forward; its gradient multiplied by ``scale`` backward."""
+    if scale == 1:
+        return x
+    if scale == 0:
+        return x.detach()
+    return x.detach() + scale * (x - x.detach())
+
+
+__all__ = ["TwoTowerMethod", "scale_gradient"]
