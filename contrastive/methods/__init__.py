@@ -14,6 +14,7 @@ from contrastive.methods.simclr import SimCLR
 from contrastive.methods.simsiam import SimSiam
 from contrastive.methods.supcon import SupCon
 from contrastive.methods.swav import SwAV
+from contrastive.methods.towers import TwoTowerMethod
 from contrastive.methods.vicreg import VICReg
 
 __all__ = [
@@ -32,5 +33,6 @@ __all__ = [
     "SimSiam",
     "SupCon",
     "SwAV",
+    "TwoTowerMethod",
     "VICReg",
 ]
