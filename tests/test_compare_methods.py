@@ -56,6 +56,17 @@ def test_quick_rows_are_written_skipped_when_present_and_tabulated(tmp_path, cap
     knn = results["simclr"]["metrics"]["test/knn/class"]
     assert rows[2].startswith(f"| simclr | {knn:.3f} / ") and " | 1 | " in rows[2]  # 1 epoch
 
+    # The kNN gap read with the same preprocessing on both sides, on the same bank and queries:
+    # as they are, the checkpoint's figure is the test's; standardised, the pixels' is theirs.
+    import fashion_knn_parity
+
+    checkpoint = results["simclr"]["test_command"][-1].removeprefix("--ckpt_path=")
+    fashion_knn_parity.main([checkpoint, "--root", str(root), "--num-bank", "64"])
+    parity = [r.split(" | ") for r in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[0].lstrip("| ") for r in parity] == ["raw pixels", checkpoint]
+    assert parity[1][1] == f"{knn:.3f}"
+    assert parity[0][2].rstrip(" |") == f"{pixels['test/knn/class']:.3f}"
+
 
 def test_arguments_it_does_not_know_are_refused_by_name(capsys):
     import compare_methods
