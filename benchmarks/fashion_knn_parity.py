@@ -21,6 +21,7 @@ from torch import Tensor
 from contrastive.api import load
 from contrastive.datamodules import VisionSetDataModule
 from contrastive.evaluation.knn import knn_accuracy
+from contrastive.evaluation.linear_probe import standardisation
 
 
 def features(embed, loader) -> tuple[Tensor, Tensor]:
@@ -34,8 +35,7 @@ def features(embed, loader) -> tuple[Tensor, Tensor]:
 
 def knn_both_ways(bank: Tensor, bank_y: Tensor, query: Tensor, query_y: Tensor) -> tuple:
     """kNN top-1 on the features as they are and standardised with the bank's statistics."""
-    mean, std = bank.mean(0), bank.std(0)
-    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant feature left as is
+    mean, std = standardisation(bank)  # the linear probe's
     raw = knn_accuracy(query, query_y, bank, bank_y, 10)
     standardised = knn_accuracy((query - mean) / std, query_y, (bank - mean) / std, bank_y, 10)
     return float(raw), float(standardised)

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from contrastive.datamodules import VisionSetDataModule
 from contrastive.evaluation import EmbeddingReport
+from contrastive.evaluation.linear_probe import standardisation
 
 
 class Pixels(LightningModule):
@@ -58,8 +59,7 @@ def raw_pixel_results(data: LightningDataModule) -> dict[str, float]:
     data.setup("test")
     bank = data.test_dataloader()[0]
     pixels = torch.cat([b["image"].flatten(1).float() / 255 for b in bank])  # (N, C*H*W)
-    std = pixels.std(dim=0)
-    model = Pixels(pixels.mean(dim=0), torch.where(std > 1e-6, std, torch.ones_like(std)))
+    model = Pixels(*standardisation(pixels))  # the linear probe's, as StandardScaler's
     trainer = Trainer(
         accelerator="cpu",
         logger=False,

@@ -42,6 +42,7 @@ __all__ = [
     "fit_linear_classifier",
     "fit_linear_probe",
     "linear_probe_accuracy",
+    "standardisation",
 ]
 
 #: The weight decays tried on the held-out slice: 1e-6 (next to none) to 1e-2 (strong).
@@ -71,7 +72,9 @@ class LinearClassifier(nn.Module):
         return torch.stack([part.argmax(dim=1) for part in logits], dim=1)
 
 
-def _standardisation(x: Tensor) -> tuple[Tensor, Tensor]:
+def standardisation(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(D,)`` mean and std of the rows of ``x`` ``(N, D)``; a constant dimension's std is 1,
+    so that ``(x - mean) / std`` leaves it as is."""
     std = x.std(dim=0, correction=0)  # (D,)
     return x.mean(dim=0), torch.where(std > 1e-6, std, torch.ones_like(std))
 
@@ -104,7 +107,7 @@ def fit_linear_classifier(
         with torch.autocast(features.device.type, enabled=False):
             x = features.detach().clone().float()  # (N, D), a normal tensor
             y = labels.detach().clone().long()  # (N, A)
-            mean, std = _standardisation(x)
+            mean, std = standardisation(x)
             x = (x - mean) / std
             weight = torch.zeros(sum(num_classes), x.shape[1], device=x.device, requires_grad=True)
             bias = torch.zeros(sum(num_classes), device=x.device, requires_grad=True)

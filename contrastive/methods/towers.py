@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from contrastive.backbones import load_weights
 from contrastive.checkpoints import resolve_checkpoint
@@ -42,16 +42,19 @@ class TwoTowerMethod(ContrastiveMethod):
         self.freeze_image_tower, self.freeze_text_tower = freeze_image_tower, freeze_text_tower
         self._text_cache = TextCache(text_cache_size if freeze_text_tower else 0)
 
+    def _frozen_towers(self) -> list[nn.Module]:
+        flagged = (
+            (self.freeze_image_tower, self.backbone),
+            (self.freeze_text_tower, self.text_tower),
+        )
+        return [tower for frozen, tower in flagged if frozen]
+
     def freeze_towers(self, with_projections: bool) -> None:
         """Freeze the towers so flagged, with their projections when ``with_projections``."""
-        for frozen, tower, projection in (
-            (self.freeze_image_tower, self.backbone, self.image_projection),
-            (self.freeze_text_tower, self.text_tower, self.text_projection),
-        ):
-            for module in (tower, projection)[: 1 + with_projections] if frozen else ():
-                for param in module.parameters():
-                    param.requires_grad_(False)
-                module.eval()
+        projections = {self.backbone: self.image_projection, self.text_tower: self.text_projection}
+        for tower in self._frozen_towers():
+            for module in (tower, projections[tower])[: 1 + with_projections]:
+                module.requires_grad_(False).eval()
 
     def load_towers(self, path: str) -> None:
         """Load both towers (and their projections) from a CLIP checkpoint or run folder."""
@@ -63,12 +66,8 @@ class TwoTowerMethod(ContrastiveMethod):
 
     def train(self, mode: bool = True) -> TwoTowerMethod:
         super().train(mode)
-        for frozen, tower in (
-            (self.freeze_image_tower, self.backbone),
-            (self.freeze_text_tower, self.text_tower),
-        ):
-            if frozen:
-                tower.eval()
+        for tower in self._frozen_towers():
+            tower.eval()
         return self
 
     def _features(self, views: Tensor) -> Tensor:  # normalised images -> (B, F) backbone
