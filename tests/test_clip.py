@@ -2,6 +2,7 @@
 text cache, and evaluation through fit and test."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -196,6 +197,26 @@ def test_lit_trains_an_image_tower_into_a_frozen_pretrained_text_space():
     assert model.image_projection.out_features == 384
     for key, value in model.text_tower.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_frozen_towers_fit_without_the_eval_mode_warning_and_any_other_module_warns():
+    def fit(model: CLIP) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            before = list(warnings.filters)
+            _trainer(max_steps=1, limit_val_batches=0).fit(model, _data())
+            assert warnings.filters == before  # the filter lasted until Lightning's check only
+        return [str(w.message) for w in caught if "in eval mode" in str(w.message)]
+
+    assert fit(_clip(freeze_text_tower=True)) == []  # the frozen tower: by design
+
+    class Stray(CLIP):  # a module in eval mode that no freezing explains
+        def on_fit_start(self) -> None:
+            self.image_projection.eval()
+            super().on_fit_start()
+
+    assert len(fit(Stray(text_tower=_text(), embed_dim=16, backbone_kwargs={"width": 4}))) == 1
+    assert len(fit(_clip())) == 0  # nothing frozen, nothing in eval mode
 
 
 def test_encode_image_is_the_projected_backbone_feature_of_uint8_images():

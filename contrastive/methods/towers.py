@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
 from contrastive.backbones import load_weights
 from contrastive.checkpoints import resolve_checkpoint
 from contrastive.methods.base import ContrastiveMethod
 from contrastive.text import TextCache, TextTower
+
+EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
 
 
 class TwoTowerMethod(ContrastiveMethod):
@@ -63,6 +68,26 @@ class TwoTowerMethod(ContrastiveMethod):
             module = getattr(self, prefix)
             if list(module.state_dict()):
                 load_weights(module, checkpoint, f"{prefix}.", f"this model's {prefix}")
+
+    def on_fit_start(self) -> None:
+        # Lightning warns of any module in eval mode when training starts; a frozen tower is
+        # there by design, so the warning is left out until then when the frozen towers are all
+        # it would count (any other module in eval mode is still reported).
+        super().on_fit_start()
+        frozen = {id(m) for tower in self._frozen_towers() for m in tower.modules()}
+        if all(id(m) in frozen for m in self.modules() if not m.training):
+            self._quiet = warnings.catch_warnings()
+            self._quiet.__enter__()
+            warnings.filterwarnings("ignore", EVAL_MODE_WARNING, PossibleUserWarning)
+
+    def on_train_start(self) -> None:  # Lightning's check is done: the filters as they were
+        super().on_train_start()
+        self.teardown("fit")
+
+    def teardown(self, stage: str) -> None:
+        super().teardown(stage)
+        if (quiet := self.__dict__.pop("_quiet", None)) is not None:
+            quiet.__exit__(None, None, None)
 
     def train(self, mode: bool = True) -> TwoTowerMethod:
         super().train(mode)
