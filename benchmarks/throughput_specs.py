@@ -4,15 +4,13 @@ images, and the device's bf16 peak (for MFU)."""
 from __future__ import annotations
 
 import functools
-import inspect
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from contrastive import methods
-from contrastive.methods.base import ContrastiveMethod
+from contrastive.methods import ContrastiveMethod, image_methods
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # lightly's CIFAR-10 examples: plain SGD; the same optimizer everywhere so that only the
@@ -27,23 +25,8 @@ PEAK_TFLOPS = {
 }  # fmt: skip
 
 
-def _trains_on_images(cls: type) -> bool:
-    """A method with a loss whose every argument has a default (CLIP and Conditional need a
-    text tower, the bases have no loss)."""
-    has_loss = (
-        cls.training_loss is not ContrastiveMethod.training_loss
-        or cls.training_embeddings is not ContrastiveMethod.training_embeddings
-    )
-    parameters = inspect.signature(cls).parameters.values()
-    return has_loss and all(p.default is not p.empty or p.kind is p.VAR_KEYWORD for p in parameters)
-
-
 # Every image method of contrastive.methods, by its module's name: simclr, moco_v3, dino, ...
-IMAGE_METHODS: dict[str, type[ContrastiveMethod]] = {
-    cls.__module__.rpartition(".")[2]: cls
-    for cls in (getattr(methods, name) for name in methods.__all__)
-    if isinstance(cls, type) and issubclass(cls, ContrastiveMethod) and _trains_on_images(cls)
-}
+IMAGE_METHODS: dict[str, type[ContrastiveMethod]] = image_methods()
 # Local views of the methods whose papers train with multi-crop (2 global views besides).
 MULTI_CROP = {"dino": 8, "swav": 6}
 

@@ -152,7 +152,7 @@ def _unknown_option(key: str, option: str, classes: list[str]) -> str:
     if not classes:
         return f"{where}: no such option"
     class_path = classes[-1]
-    accepted = init_arguments(_resolve(class_path))
+    accepted = [p.name for p in init_parameters(_resolve(class_path))]
     name = class_path.rsplit(".", 1)[-1]
     return f"{where}: {name} takes no argument {option!r}{_matches(option, accepted)}"
 
@@ -226,18 +226,18 @@ def _resolve(class_path: str) -> type | None:
     return getattr(sys.modules.get(module), name, None)
 
 
-def init_arguments(cls: type | None) -> list[str]:
-    """The ``__init__`` arguments a class takes, its bases' included where it passes
-    ``**kwargs`` on (as every method passes its base's)."""
-    names: list[str] = []
+def init_parameters(cls: type | None) -> list[inspect.Parameter]:
+    """The ``__init__`` parameters of ``cls`` and of the bases its ``**kwargs`` reach (every
+    method passes its base's on), the subclass's first; ``self`` and ``*``/``**`` left out."""
+    found: list[inspect.Parameter] = []
     for klass in getattr(cls, "__mro__", ()):
         if "__init__" not in vars(klass):
             continue
         parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
-        names += [p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        found += [p for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
         if not any(p.kind is p.VAR_KEYWORD for p in parameters):
             break
-    return names
+    return found
 
 
 # Warnings every run printed that say nothing to its user: the CLI's own way of passing the

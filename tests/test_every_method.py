@@ -15,7 +15,6 @@ The losses themselves are tested against the papers' loops in test_ssl_losses.py
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import pytest
@@ -24,32 +23,13 @@ import yaml
 from ddp import run_ddp
 from test_methods import _tiny_data, _trainer
 
-from contrastive import distributed, methods
+from contrastive import distributed
 from contrastive.augment import MultiCropAugment
 from contrastive.checkpoints import load_method
 from contrastive.ema import ema_update
-from contrastive.methods import ContrastiveMethod, MomentumMethod
+from contrastive.methods import ContrastiveMethod, MomentumMethod, image_methods, method_defaults
 
-
-def _trains(cls: type) -> bool:
-    """An image method: it has a loss and every ``__init__`` argument has a default (CLIP and
-    Conditional need a text tower)."""
-    has_loss = (
-        cls.training_loss is not ContrastiveMethod.training_loss
-        or cls.training_embeddings is not ContrastiveMethod.training_embeddings
-    )
-    return has_loss and all(
-        p.default is not inspect.Parameter.empty or p.kind is inspect.Parameter.VAR_KEYWORD
-        for p in inspect.signature(cls).parameters.values()
-    )
-
-
-EXPORTED = [getattr(methods, name) for name in methods.__all__]
-METHODS = {
-    cls.__name__: cls
-    for cls in EXPORTED
-    if isinstance(cls, type) and issubclass(cls, ContrastiveMethod) and _trains(cls)
-}
+METHODS = {cls.__name__: cls for cls in image_methods().values()}
 # Sizes for tests: an argument the method has is taken down to this if its default is larger.
 SHRINK = dict(
     projector_hidden_dim=16,
@@ -68,26 +48,22 @@ LABELS = torch.tensor([0, 1, 1, 2, 2, 2, 3, 4])  # for SupCon: classes of 1, 2 a
 def test_the_registry_holds_the_eleven_image_methods():
     expected = {"SimCLR", "SupCon", "BYOL", "MoCoV2", "MoCoV3", "DINO", "SwAV", "VICReg"}
     assert expected | {"BarlowTwins", "SimSiam", "NNCLR"} <= set(METHODS)
+    names = {"simclr", "supcon", "byol", "moco_v2", "moco_v3", "dino", "swav", "vicreg"}
+    assert names | {"barlow_twins", "simsiam", "nnclr"} <= set(image_methods())
+    # Not image methods: the two-tower methods need a text tower, the bases have no loss.
+    others = {"CLIP", "Conditional", "ContrastiveMethod", "MomentumMethod", "TwoTowerMethod"}
+    assert not others & set(METHODS)
 
 
-def _defaults(cls: type) -> dict:
-    """Every ``__init__`` default of ``cls`` and of the classes its ``**kwargs`` reach."""
-    defaults = {}
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass) or not issubclass(klass, ContrastiveMethod):
-            continue
-        parameters = inspect.signature(klass.__init__).parameters.values()
-        for p in parameters:
-            if p.default is not inspect.Parameter.empty:
-                defaults.setdefault(p.name, p.default)
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-            break
-    return defaults
+def test_method_defaults_follow_kwargs_to_the_base_and_the_subclass_wins():
+    defaults = method_defaults(METHODS["MoCoV3"])
+    assert defaults["temperature"] == 0.2  # MoCo v3's own, not its base's
+    assert defaults["backbone"] == "small_cnn"  # from ContrastiveMethod, through **kwargs
 
 
 def _model(name: str, seed: int = 0, **kwargs) -> ContrastiveMethod:
     cls = METHODS[name]
-    defaults = _defaults(cls)
+    defaults = method_defaults(cls)
     tiny = {k: min(v, defaults[k]) for k, v in SHRINK.items() if k in defaults}
     torch.manual_seed(seed)
     return cls(backbone_kwargs={"width": 4}, **{**tiny, **kwargs})

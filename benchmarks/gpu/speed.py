@@ -15,7 +15,6 @@ against the device's bf16 dense peak (``throughput_specs.peak_flops``).
 
 from __future__ import annotations
 
-import inspect
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from throughput_ours import our_loader, ours_lightning, training_flops
 from throughput_specs import IMAGE_METHODS, MULTI_CROP, Spec, make_images, make_spec
 
+from contrastive.methods import method_defaults
 from gpu.common import FAIL, Budget, Row, cores, release, run_case
 
 MAIN = ("simclr", "byol", "moco_v3")  # first, and the ones compiled
@@ -47,22 +47,11 @@ def method_order(quick: bool = False) -> list[str]:
     return [m for m in MAIN if m in names] + sorted(names - set(MAIN))
 
 
-def _defaults(cls: type) -> dict:
-    """The ``__init__`` defaults of ``cls`` and of the bases its ``**kwargs`` reach."""
-    defaults = {}
-    for klass in cls.__mro__:
-        if "__init__" in vars(klass):
-            for p in inspect.signature(klass.__init__).parameters.values():
-                if p.default is not p.empty:
-                    defaults.setdefault(p.name, p.default)
-    return defaults
-
-
 def spec_for(method: str, device: torch.device, batch: int, quick: bool) -> Spec:
     """``make_spec``'s recipe; ``quick``: a width-4 CNN on 16 px images and tiny heads."""
     if not quick:
         return make_spec(method, device, batch)
-    defaults = _defaults(IMAGE_METHODS[method])
+    defaults = method_defaults(IMAGE_METHODS[method])
     kwargs = {k: min(v, defaults[k]) for k, v in SHRINK.items() if k in defaults}
     kwargs["backbone_kwargs"] = {"width": 4}
     kwargs.update(make_spec(method, device, batch).method_kwargs)  # SupCon's label field
