@@ -1,8 +1,12 @@
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch import Trainer
 
 from contrastive.checkpoints import CheckpointError, resolve_checkpoint
+from contrastive.datamodules import ShapesTripletDataModule
 from contrastive.methods import CLIP, Conditional
 from contrastive.text import OpenCLIPText
 from tests.ddp import run_ddp
@@ -87,6 +91,18 @@ def test_frozen_towers_stay_in_eval_mode_and_a_fine_tuned_one_trains():
     assert all(x.training for x in m.text_tower.modules())
     assert all(x.training for x in m.conditioning.modules())
     assert not any(x.training for x in model().train().text_tower.modules())
+
+
+def test_a_fit_on_frozen_towers_and_projections_is_not_warned_of_eval_mode():
+    data = ShapesTripletDataModule(image_size=16, num_train=16, batch_size=8)
+    trainer = Trainer(
+        max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model(), data)  # both towers and their projections frozen, in eval mode
+    assert not [w for w in caught if "in eval mode" in str(w.message)]
 
 
 def test_without_negatives_the_loss_is_plain_info_nce():

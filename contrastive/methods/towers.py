@@ -70,11 +70,15 @@ class TwoTowerMethod(ContrastiveMethod):
                 load_weights(module, checkpoint, f"{prefix}.", f"this model's {prefix}")
 
     def on_fit_start(self) -> None:
-        # Lightning warns of any module in eval mode when training starts; a frozen tower is
-        # there by design, so the warning is left out until then when the frozen towers are all
-        # it would count (any other module in eval mode is still reported).
+        # Lightning warns of any module in eval mode when training starts; a frozen tower (and
+        # its frozen projection) is there by design, so the warning is left out until then when
+        # they are all it would count (any other module in eval mode is still reported).
         super().on_fit_start()
-        frozen = {id(m) for tower in self._frozen_towers() for m in tower.modules()}
+        projections = (self.image_projection, self.text_projection)
+        frozen_projections = [
+            p for p in projections if not any(q.requires_grad for q in p.parameters())
+        ]
+        frozen = {id(m) for t in self._frozen_towers() + frozen_projections for m in t.modules()}
         if all(id(m) in frozen for m in self.modules() if not m.training):
             self._quiet = warnings.catch_warnings()
             self._quiet.__enter__()
