@@ -1,5 +1,5 @@
 """The methods the package exports, listed: the image methods by their module's name
-(``simclr``, ``moco_v3``, ``dino``, ...), and the ``__init__`` arguments a class takes."""
+(``simclr``, ``moco_v3``, ``dino``, ...), and the defaults of a method's arguments."""
 
 from __future__ import annotations
 
