@@ -86,10 +86,13 @@ class TwoTowerMethod(ContrastiveMethod):
 
     def on_train_start(self) -> None:  # Lightning's check is done: the filters as they were
         super().on_train_start()
-        self.teardown("fit")
+        self._restore_warnings()
 
-    def teardown(self, stage: str) -> None:
+    def teardown(self, stage: str) -> None:  # a fit that stopped before training started
         super().teardown(stage)
+        self._restore_warnings()
+
+    def _restore_warnings(self) -> None:
         if (quiet := self.__dict__.pop("_quiet", None)) is not None:
             quiet.__exit__(None, None, None)
 
