@@ -27,20 +27,15 @@ from contrastive import distributed
 from contrastive.augment import MultiCropAugment
 from contrastive.checkpoints import load_method
 from contrastive.ema import ema_update
-from contrastive.methods import ContrastiveMethod, MomentumMethod, image_methods, method_defaults
+from contrastive.methods import (
+    ContrastiveMethod,
+    MomentumMethod,
+    image_methods,
+    method_defaults,
+    smoke_kwargs,
+)
 
 METHODS = {cls.__name__: cls for cls in image_methods().values()}
-# Sizes for tests: an argument the method has is taken down to this if its default is larger.
-SHRINK = dict(
-    projector_hidden_dim=16,
-    projector_dim=8,
-    predictor_hidden_dim=16,
-    num_prototypes=16,
-    queue_size=16,
-    queue_start_epoch=0,
-    freeze_prototypes_steps=0,
-    freeze_last_layer_epochs=0,
-)
 GLOBAL_BATCH = 8
 LABELS = torch.tensor([0, 1, 1, 2, 2, 2, 3, 4])  # for SupCon: classes of 1, 2 and 3 images
 
@@ -61,12 +56,19 @@ def test_method_defaults_follow_kwargs_to_the_base_and_the_subclass_wins():
     assert defaults["backbone"] == "small_cnn"  # from ContrastiveMethod, through **kwargs
 
 
+def test_smoke_kwargs_shrink_only_what_a_method_has_and_never_grow_it():
+    swav = smoke_kwargs(METHODS["SwAV"])
+    assert swav["num_prototypes"] == 16 < method_defaults(METHODS["SwAV"])["num_prototypes"]
+    assert "num_prototypes" not in smoke_kwargs(METHODS["SimCLR"])
+    for cls in METHODS.values():
+        defaults = method_defaults(cls)
+        assert all(v <= defaults[k] for k, v in smoke_kwargs(cls).items())
+
+
 def _model(name: str, seed: int = 0, **kwargs) -> ContrastiveMethod:
     cls = METHODS[name]
-    defaults = method_defaults(cls)
-    tiny = {k: min(v, defaults[k]) for k, v in SHRINK.items() if k in defaults}
     torch.manual_seed(seed)
-    return cls(backbone_kwargs={"width": 4}, **{**tiny, **kwargs})
+    return cls(backbone_kwargs={"width": 4}, **{**smoke_kwargs(cls), **kwargs})
 
 
 def _views(seed: int, n: int = GLOBAL_BATCH, local: int = 0) -> list[torch.Tensor]:

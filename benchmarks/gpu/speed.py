@@ -22,23 +22,12 @@ import torch
 from throughput_ours import our_loader, ours_lightning, training_flops
 from throughput_specs import IMAGE_METHODS, MULTI_CROP, Spec, make_images, make_spec
 
-from contrastive.methods import method_defaults
+from contrastive.methods import smoke_kwargs
 from gpu.common import FAIL, Budget, Row, cores, release, run_case
 
 MAIN = ("simclr", "byol", "moco_v3")  # first, and the ones compiled
 # --quick (the suite runs it on the CPU) runs these: multi-crop and momentum, labels.
 QUICK = ("simclr", "dino", "supcon")
-# --quick: an argument a method has is taken down to this if its default is larger.
-SHRINK = dict(
-    projector_hidden_dim=16,
-    projector_dim=8,
-    predictor_hidden_dim=16,
-    num_prototypes=16,
-    queue_size=16,
-    queue_start_epoch=0,
-    freeze_prototypes_steps=0,
-    freeze_last_layer_epochs=0,
-)
 
 
 def method_order(quick: bool = False) -> list[str]:
@@ -51,8 +40,7 @@ def spec_for(method: str, device: torch.device, batch: int, quick: bool) -> Spec
     """``make_spec``'s recipe; ``quick``: a width-4 CNN on 16 px images and tiny heads."""
     if not quick:
         return make_spec(method, device, batch)
-    defaults = method_defaults(IMAGE_METHODS[method])
-    kwargs = {k: min(v, defaults[k]) for k, v in SHRINK.items() if k in defaults}
+    kwargs = smoke_kwargs(IMAGE_METHODS[method])
     kwargs["backbone_kwargs"] = {"width": 4}
     kwargs.update(make_spec(method, device, batch).method_kwargs)  # SupCon's label field
     return Spec(

@@ -10,7 +10,7 @@ from contrastive.methods.moco_v2 import MoCoV2
 from contrastive.methods.moco_v3 import MoCoV3
 from contrastive.methods.momentum import MomentumMethod
 from contrastive.methods.nnclr import NNCLR
-from contrastive.methods.registry import image_methods, method_defaults
+from contrastive.methods.registry import image_methods, method_defaults, smoke_kwargs
 from contrastive.methods.simclr import SimCLR
 from contrastive.methods.simsiam import SimSiam
 from contrastive.methods.supcon import SupCon
@@ -38,4 +38,5 @@ __all__ = [
     "VICReg",
     "image_methods",
     "method_defaults",
+    "smoke_kwargs",
 ]

@@ -1,5 +1,6 @@
 """The methods the package exports, listed: the image methods by their module's name
-(``simclr``, ``moco_v3``, ``dino``, ...), and the defaults of a method's arguments."""
+(``simclr``, ``moco_v3``, ``dino``, ...), the defaults of a method's arguments, and the small
+sizes a smoke run (the tests, ``benchmarks/gpu/speed.py --quick``) takes them down to."""
 
 from __future__ import annotations
 
@@ -17,6 +18,25 @@ def method_defaults(cls: type) -> dict[str, Any]:
         if p.default is not p.empty:
             defaults.setdefault(p.name, p.default)
     return defaults
+
+
+# A smoke run's sizes: an argument a method has is taken down to this if its default is larger.
+SMOKE_SIZES = dict(
+    projector_hidden_dim=16,
+    projector_dim=8,
+    predictor_hidden_dim=16,
+    num_prototypes=16,
+    queue_size=16,
+    queue_start_epoch=0,
+    freeze_prototypes_steps=0,
+    freeze_last_layer_epochs=0,
+)
+
+
+def smoke_kwargs(cls: type) -> dict[str, Any]:
+    """``cls``'s arguments of :data:`SMOKE_SIZES`, each at the smaller of that and its default."""
+    defaults = method_defaults(cls)
+    return {k: min(v, defaults[k]) for k, v in SMOKE_SIZES.items() if k in defaults}
 
 
 def _trains_on_images(cls: type) -> bool:
