@@ -287,8 +287,14 @@ def _print_table(rows: list[dict], compare: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = ToolParser(prog="contrastive", description="Inspect a trained embedding.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ToolParser)
-    embed = commands.add_parser("embed", help="write the embeddings of a set of images")
-    similar = commands.add_parser("similar", help="draw the most similar pairs of images")
+    about = {
+        "embed": "Write the embeddings of a set of images (embeddings.npy, ids.txt) to --out.",
+        "similar": "Draw the most similar pairs of a set of images, or one image's neighbours.",
+    }
+    embed, similar = (
+        commands.add_parser(name, help=text[0].lower() + text[1:-1], description=text)
+        for name, text in about.items()
+    )
     for sub in (embed, similar):
         sub.add_argument("--ckpt", required=True, help="a checkpoint of a ContrastiveMethod")
         add_trust_argument(sub)

@@ -28,7 +28,9 @@ from contrastive.evaluation.embedding_report import EmbeddingReport
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
-        prog="contrastive probe", description=__doc__.splitlines()[0], exit_on_error=False
+        prog="contrastive probe",
+        description=" ".join(__doc__.split("\n\n")[0].split()),
+        exit_on_error=False,
     )
     parser.add_argument("--config", action=ActionConfigFile, help="the options in a YAML file")
     parser.add_argument("--ckpt", type=str, required=True, help="a method's checkpoint")
