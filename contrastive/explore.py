@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ToolParser(prog="contrastive", description="Inspect a trained embedding.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ToolParser)
     about = {
-        "embed": "Write the embeddings of a set of images (embeddings.npy, ids.txt) to --out.",
+        "embed": "Write the embeddings of a set of images to --out (float32 (N, D)), ids beside.",
         "similar": "Draw the most similar pairs of a set of images, or one image's neighbours.",
     }
     embed, similar = (
