@@ -10,18 +10,12 @@ import pytest
 import yaml
 
 from contrastive.cli import main
+from contrastive.methods.registry import SMOKE_SIZES
 
 RECIPES = sorted((Path(__file__).parents[1] / "configs" / "recipes").glob("*/*.yaml"))
 # Head sizes and queues made small where a recipe sets them (VICReg's 8192-wide expander alone
-# would take seconds a step here).
-SMALL = dict(
-    projector_hidden_dim=16,
-    projector_dim=8,
-    predictor_hidden_dim=16,
-    num_prototypes=16,
-    queue_size=32,
-    label="shape",  # SupCon's class field on the shapes data
-)
+# would take seconds a step here): the smoke sizes, a queue of 4 batches, SupCon's class field.
+SMALL = {**SMOKE_SIZES, "queue_size": 32, "label": "shape"}
 SHAPES = [
     "--data=ShapesDataModule",
     "--data.image_size=32",
