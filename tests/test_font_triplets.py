@@ -84,3 +84,16 @@ def test_the_triplet_module_trains_on_triplets_and_evaluates_labelled_glyphs(fon
         FontTripletDataModule(fonts=str(fonts), conditions=["colour"])
     with pytest.raises(ValueError, match="conditions must name"):
         FontTripletDataset(conditions=[], table=data.table, renderer=None, num_samples=4)
+
+
+def test_the_font_triplets_draw_conditions_by_their_weights(fonts):
+    data = small(
+        fonts, cls=FontTripletDataModule, conditions=["letter", "weight"],
+        condition_weights={"letter": 0},
+    )  # fmt: skip
+    dataset = data._datasets["train"]
+    assert {dataset[i]["condition"] for i in range(20)} == {"weight"}
+    with pytest.raises(ValueError, match="'family' is not one of the conditions"):
+        FontTripletDataModule(
+            fonts=str(fonts), conditions=["letter"], condition_weights={"family": 2}
+        )

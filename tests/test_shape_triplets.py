@@ -1,3 +1,6 @@
+from collections import Counter
+
+import numpy as np
 import pytest
 import torch
 
@@ -7,6 +10,8 @@ from contrastive.datamodules.shape_triplets import (
     ShapesTripletDataModule,
     ShapesTripletDataset,
     check_phrasings,
+    condition_probabilities,
+    draw_condition,
 )
 from contrastive.datamodules.shapes import ShapesDataset
 
@@ -58,3 +63,51 @@ def test_the_data_module_trains_on_triplets_and_evaluates_on_labelled_images():
     assert data.phrasings["size"] == {"seen": ["same size"]}
     bank, query = data.val_dataloader()
     assert "text" not in next(iter(query)) and "labels" in next(iter(query))
+
+
+def test_condition_weights_set_each_conditions_share_of_the_draws():
+    conditions = ("shape", "color", "size")
+    p = condition_probabilities(conditions, {"shape": 3, "size": 0})
+    assert p.tolist() == [0.75, 0.25, 0.0]
+    rng = np.random.default_rng(0)
+    draws = Counter(draw_condition(conditions, p, rng) for _ in range(4000))
+    assert draws["size"] == 0 and abs(draws["shape"] / 4000 - 0.75) < 0.03  # 4.5 sd
+    # Equal weights are the uniform draw itself: the same conditions from the same generator.
+    assert condition_probabilities(conditions, {"color": 2, "shape": 2, "size": 2}) is None
+    assert condition_probabilities(conditions, None) is None
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    uniform = [conditions[int(a.integers(3))] for _ in range(50)]
+    assert [draw_condition(conditions, None, b) for _ in range(50)] == uniform
+
+
+def test_a_weight_for_no_condition_is_one_line_naming_the_key():
+    with pytest.raises(ValueError, match=r"condition_weights: 'colour' is not one of the condit"):
+        condition_probabilities(("shape", "color"), {"colour": 2})
+
+
+@pytest.mark.parametrize("weight", [-1, float("nan"), float("inf")])
+def test_a_negative_or_non_finite_weight_is_refused(weight):
+    with pytest.raises(ValueError, match=r"condition_weights\['shape'\] must be finite and >= 0"):
+        condition_probabilities(("shape", "color"), {"shape": weight})
+
+
+@pytest.mark.parametrize("weight", ["3", True, None])
+def test_a_weight_that_is_not_a_number_is_refused(weight):
+    with pytest.raises(ValueError, match=r"condition_weights\['shape'\]: expected a number"):
+        condition_probabilities(("shape", "color"), {"shape": weight})
+
+
+def test_weights_of_zero_for_every_condition_are_refused():
+    with pytest.raises(ValueError, match="every condition weighs 0"):
+        condition_probabilities(("shape", "color"), {"shape": 0, "color": 0})
+
+
+def test_the_data_module_draws_conditions_by_their_weights():
+    data = ShapesTripletDataModule(
+        image_size=16, num_train=64, batch_size=64, conditions=["shape", "size"],
+        condition_weights={"size": 0},
+    )  # fmt: skip
+    data.setup("fit")
+    assert set(next(iter(data.train_dataloader()))["condition"]) == {"shape"}
+    with pytest.raises(ValueError, match="'hue' is not one of the conditions"):
+        ShapesTripletDataModule(conditions=["shape"], condition_weights={"hue": 1})

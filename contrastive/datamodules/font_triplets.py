@@ -28,7 +28,11 @@ import numpy as np
 
 from contrastive.datamodules.common import EvaluationData
 from contrastive.datamodules.fonts import ATTRIBUTES, FontsDataModule, FontsDataset
-from contrastive.datamodules.shape_triplets import check_phrasings
+from contrastive.datamodules.shape_triplets import (
+    check_phrasings,
+    condition_probabilities,
+    draw_condition,
+)
 
 # ``{value}`` stands for the anchor's class name ("g", "DejaVu Serif", "bold", "italic").
 PHRASINGS: dict[str, dict[str, list[str]]] = {
@@ -73,6 +77,7 @@ class FontTripletDataset(FontsDataset):
     Args:
         conditions: The attributes a condition can name.
         phrasings: ``{attribute: {"seen": [...], "held-out": [...]}}``; training uses "seen".
+        condition_weights: how often each condition is drawn, relative; ``None``: uniform.
         **kwargs: :class:`FontsDataset` arguments (its split must be ``"train"``).
     """
 
@@ -80,6 +85,7 @@ class FontTripletDataset(FontsDataset):
         self,
         conditions: Sequence[str] = DEFAULT_CONDITIONS,
         phrasings: Mapping[str, Mapping[str, Sequence[str]]] = PHRASINGS,
+        condition_weights: Mapping[str, float] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -88,6 +94,7 @@ class FontTripletDataset(FontsDataset):
         check_phrasings(conditions, phrasings, ATTRIBUTES)
         self.conditions = tuple(conditions)
         self.phrasings = {c: list(phrasings[c]["seen"]) for c in self.conditions}
+        self.probabilities = condition_probabilities(self.conditions, condition_weights)
         self._pool_labels = self.table.labels[self.pool]  # (k, A)
 
     def _choose(
@@ -128,7 +135,7 @@ class FontTripletDataset(FontsDataset):
         index = self._checked_index(index)
         rng = self._view_rng()
         glyph, jitter = self.glyph(index)
-        condition = self.conditions[int(rng.integers(len(self.conditions)))]
+        condition = draw_condition(self.conditions, self.probabilities, rng)
         templates = self.phrasings[condition]
         value = self.table.names(glyph)[condition]
         positive = self.positive(glyph, condition, rng)
@@ -159,6 +166,8 @@ class FontTripletDataModule(FontsDataModule):
         conditions: The attributes a condition can name (the benchmark's rows).
         phrasings: ``{attribute: {"seen": [...], "held-out": [...]}}`` templates with
             ``{value}``; the built-in ``PHRASINGS`` by default.
+        condition_weights: how often training draws each condition, relative (a condition
+            not named weighs 1; ``{"family": 3}``); ``None``: uniform.
         **kwargs: :class:`FontsDataModule` arguments.
     """
 
@@ -166,6 +175,7 @@ class FontTripletDataModule(FontsDataModule):
         self,
         conditions: list[str] | None = None,
         phrasings: dict[str, dict[str, list[str]]] | None = None,
+        condition_weights: dict[str, float] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -173,6 +183,8 @@ class FontTripletDataModule(FontsDataModule):
         phrasings = phrasings or PHRASINGS
         check_phrasings(self.conditions, phrasings, ATTRIBUTES)
         self.phrasings = {c: {g: list(t) for g, t in phrasings[c].items()} for c in self.conditions}
+        condition_probabilities(self.conditions, condition_weights)  # a bad key fails here
+        self.condition_weights = condition_weights
 
     def evaluation_data(self) -> EvaluationData:
         """The fonts' labelled ``[bank, query]`` loaders, and the benchmark's conditions."""
@@ -185,6 +197,7 @@ class FontTripletDataModule(FontsDataModule):
         self._datasets["train"] = FontTripletDataset(
             conditions=self.conditions,
             phrasings=self.phrasings,
+            condition_weights=self.condition_weights,
             table=self.table,
             renderer=self._datasets["train"].renderer,
             num_samples=self.num_train,

@@ -11,6 +11,7 @@ the model never saw.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -112,6 +113,41 @@ def check_phrasings(
                 ) from error
 
 
+def condition_probabilities(
+    conditions: Sequence[str], weights: Mapping[str, float] | None
+) -> np.ndarray | None:
+    """Each condition's share of the training triplets ``(C,)`` from relative ``weights``
+    (a condition not named weighs 1); ``None`` when every condition weighs the same.
+
+    Raise ``ValueError`` naming a key that is not a condition or a weight that is negative,
+    not finite, or zero for every condition.
+    """
+    if not weights:
+        return None
+    for name, weight in weights.items():
+        if name not in conditions:
+            raise ValueError(
+                f"condition_weights: {name!r} is not one of the conditions {list(conditions)}"
+            )
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise ValueError(f"condition_weights[{name!r}]: expected a number, got {weight!r}")
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"condition_weights[{name!r}] must be finite and >= 0, got {weight}")
+    p = np.array([float(weights.get(c, 1.0)) for c in conditions])
+    if p.sum() == 0:
+        raise ValueError("condition_weights: every condition weighs 0; nothing to train on")
+    return None if np.all(p == p[0]) else p / p.sum()
+
+
+def draw_condition(
+    conditions: Sequence[str], probabilities: np.ndarray | None, rng: np.random.Generator
+) -> str:
+    """A condition for one triplet: uniform (``probabilities`` ``None``) or by its share."""
+    if probabilities is None:
+        return conditions[int(rng.integers(len(conditions)))]
+    return conditions[int(rng.choice(len(conditions), p=probabilities))]
+
+
 class ShapesTripletDataset(ShapesDataset):
     """Shapes triplets: anchor, positive, hard negative and a condition in words.
 
@@ -127,6 +163,8 @@ class ShapesTripletDataset(ShapesDataset):
         conditions: the attributes a condition can name.
         phrasings: ``{attribute: {"seen": [...], "held-out": [...]}}``; training draws from
             ``"seen"`` only.
+        condition_weights: how often each condition is drawn, relative (``{"shape": 3}``:
+            three times as often as each other); ``None``: uniform.
         **kwargs: :class:`ShapesDataset` arguments (``image_size``, ``seed``, ``split``).
     """
 
@@ -135,6 +173,7 @@ class ShapesTripletDataset(ShapesDataset):
         num_samples: int,
         conditions: Sequence[str] = DEFAULT_CONDITIONS,
         phrasings: Mapping[str, Mapping[str, Sequence[str]]] = PHRASINGS,
+        condition_weights: Mapping[str, float] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(num_samples, **kwargs)
@@ -143,12 +182,13 @@ class ShapesTripletDataset(ShapesDataset):
         check_phrasings(conditions, phrasings)
         self.conditions = tuple(conditions)
         self.phrasings = {c: list(phrasings[c]["seen"]) for c in self.conditions}
+        self.probabilities = condition_probabilities(self.conditions, condition_weights)
 
     def __getitem__(self, index: int) -> dict:
         index = self._checked_index(index)
         rng = self._view_rng()
         factors = self.factors(index)
-        condition = self.conditions[int(rng.integers(len(self.conditions)))]
+        condition = draw_condition(self.conditions, self.probabilities, rng)
         templates = self.phrasings[condition]
         value = CLASS_NAMES[condition][factors[condition].label]
         others = [a for a in ATTRIBUTES if a != condition]
@@ -183,6 +223,8 @@ class ShapesTripletDataModule(ShapesDataModule):
         conditions: the attributes a condition can name (the benchmark's rows).
         phrasings: ``{attribute: {"seen": [...], "held-out": [...]}}`` templates with
             ``{value}``; the built-in ``PHRASINGS`` by default.
+        condition_weights: how often training draws each condition, relative (a condition
+            not named weighs 1); ``None``: uniform.
         **kwargs: :class:`ShapesDataModule` arguments.
     """
 
@@ -190,6 +232,7 @@ class ShapesTripletDataModule(ShapesDataModule):
         self,
         conditions: list[str] | None = None,
         phrasings: dict[str, dict[str, list[str]]] | None = None,
+        condition_weights: dict[str, float] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -197,6 +240,8 @@ class ShapesTripletDataModule(ShapesDataModule):
         phrasings = phrasings or PHRASINGS
         check_phrasings(self.conditions, phrasings)
         self.phrasings = {c: {g: list(t) for g, t in phrasings[c].items()} for c in self.conditions}
+        condition_probabilities(self.conditions, condition_weights)  # a bad key fails here
+        self.condition_weights = condition_weights
 
     def evaluation_data(self) -> EvaluationData:
         """The shapes' labelled ``[bank, query]`` loaders, and the benchmark's conditions."""
@@ -210,6 +255,7 @@ class ShapesTripletDataModule(ShapesDataModule):
             self.num_train,
             conditions=self.conditions,
             phrasings=self.phrasings,
+            condition_weights=self.condition_weights,
             image_size=self.image_size,
             seed=self.seed,
             split="train",
@@ -222,5 +268,7 @@ __all__ = [
     "ShapesTripletDataModule",
     "ShapesTripletDataset",
     "check_phrasings",
+    "condition_probabilities",
+    "draw_condition",
     "pair_factors",
 ]
