@@ -101,3 +101,11 @@ def test_help_still_prints_the_whole_usage(capsys):
     usage = capsys.readouterr().out
     assert usage.startswith("usage:") and "--trainer.max_epochs" in usage
     assert len(usage.splitlines()) > 100
+
+
+def test_a_condition_weight_for_no_condition_is_one_line(capsys):
+    err = one_line_error(
+        capsys, "fit", f"--config={CONFIGS / 'conditional.yaml'}", "--model.init_args.towers=null",
+        "--data.condition_weights={hue: 2}", "--trainer.max_steps=1",
+    )  # fmt: skip
+    assert "ShapesTripletDataModule: condition_weights: 'hue' is not one of the conditions" in err
