@@ -47,6 +47,10 @@ FIT = ["fit", "--model=SimCLR", *TINY, "--trainer.max_steps=1"]
         (["--config=missing.yaml"], ["missing.yaml", "no such file"]),
         (["--config=bad.yaml"], ["bad.yaml", "YAML syntax error at line 3, column 13"]),
         (["--data.batch_size=0"], ["ShapesDataModule", "batch_size must be >= 1, got 0"]),
+        (
+            ["--data.caption_dropout={colour: 0.5}"],
+            ["ShapesDataModule", "caption_dropout: 'colour' is no attribute"],
+        ),
         (["--trainer.max_epohs=3"], ["--trainer.max_epohs", "did you mean --trainer.max_epochs"]),
         (["--model.optimizer=torch.optim.Adamm"], ["torch.optim.Adamm", "did you mean Adam"]),
         (["--model.optimizer.lrr=3"], ["optimizer.init_args.lrr", "AdamW", "did you mean lr"]),

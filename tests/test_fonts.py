@@ -348,6 +348,18 @@ def test_caption_dropout_leaves_attributes_out(fonts):
     assert len(captions) > 4 and any(c.startswith("a letter") for c in captions)
 
 
+def test_caption_dropout_per_attribute_keeps_the_family_in_every_caption(fonts):
+    dataset = small(fonts, caption_dropout={"letter": 0.5, "weight": 0.5})._datasets["train"]
+    items = [dataset[i % 4] for i in range(40)]
+    families = dataset.table.class_names["family"]
+    for item in items:
+        family = families[item["labels"]["family"]]
+        assert f" in {family}" in item["caption"], item["caption"]
+    assert any(it["caption"].startswith("a letter in") for it in items)
+    with pytest.raises(ValueError, match="caption_dropout: 'colour' is no attribute"):
+        FontsDataModule(fonts=str(fonts), caption_dropout={"colour": 0.5})
+
+
 def test_the_data_module_checks_its_settings(fonts):
     for kwargs, message in [
         ({"image_size": 8}, "image_size"),

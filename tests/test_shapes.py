@@ -343,7 +343,33 @@ def test_caption_dropout_leaves_attributes_unsaid_in_train_captions_only():
     assert caption(full.factors(0), ()) == "a shape"
     data = ShapesDataModule(num_train=32, batch_size=16, caption_dropout=0.5)
     data.setup("fit")
-    assert data._datasets["train"].caption_dropout == 0.5
-    assert data._datasets["val"].caption_dropout == 0.0  # evaluation captions are full
-    with pytest.raises(ValueError, match="caption_dropout"):
+    assert data._datasets["train"].dropout.tolist() == [0.5] * 7
+    assert not data._datasets["val"].dropout.any()  # evaluation captions are full
+    with pytest.raises(ValueError, match=r"caption_dropout must be in \[0, 1\), got 1.0"):
         ShapesDataset(4, caption_dropout=1.0)
+
+
+def test_caption_dropout_per_attribute_drops_only_the_attributes_named():
+    data = ShapesDataset(64, split="train", caption_dropout={"color": 0.9})
+    full = ShapesDataset(64, split="train")
+    kept = 0
+    for i in range(64):
+        text, whole = data[i]["caption"], full[i]["caption"]
+        color = CLASS_NAMES["color"][data[i]["labels"]["color"]]
+        assert text in (whole, whole.replace(f" {color} ", " ", 1))  # the rest always said
+        kept += text == whole
+    assert kept < 20  # said about a tenth of the time (6.4 expected)
+
+
+@pytest.mark.parametrize(
+    "rates, message",
+    [
+        ({"colour": 0.5}, r"caption_dropout: 'colour' is no attribute; valid: \['shape'"),
+        ({"color": 1.0}, r"caption_dropout\['color'\] must be in \[0, 1\), got 1.0"),
+        ({"color": "half"}, r"caption_dropout\['color'\] must be in \[0, 1\), got 'half'"),
+        (-0.1, r"caption_dropout must be in \[0, 1\), got -0.1"),
+    ],
+)
+def test_a_bad_caption_dropout_is_refused_by_the_data_module(rates, message):
+    with pytest.raises(ValueError, match=message):
+        ShapesDataModule(caption_dropout=rates)

@@ -41,7 +41,7 @@ from contrastive.datamodules.font_glyphs import (
     GlyphTable,
     check_attributes,
 )
-from contrastive.datamodules.shapes import SPLITS, view_rng
+from contrastive.datamodules.shapes import SPLITS, dropout_rates, view_rng
 
 
 def caption(names: Mapping[str, str], named: Sequence[str] = ATTRIBUTES) -> str:
@@ -76,7 +76,8 @@ class FontsDataset(Dataset):
         seed: Seed of the split's order and jitter.
         split: ``"train"``, ``"val"`` or ``"test"``.
         shared_factors: Attributes a generator view shares with its item; ``None``: no view.
-        caption_dropout: Probability that a caption leaves out each attribute (per fetch).
+        caption_dropout: Probability that a caption leaves out each attribute (per fetch),
+            or ``{attribute: p}`` (one not named is always said).
     """
 
     def __init__(
@@ -87,19 +88,17 @@ class FontsDataset(Dataset):
         seed: int = 0,
         split: str = "train",
         shared_factors: Sequence[str] | None = None,
-        caption_dropout: float = 0.0,
+        caption_dropout: float | Mapping[str, float] = 0.0,
     ) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if not 0.0 <= caption_dropout < 1.0:
-            raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout}")
         check_attributes(shared_factors or [], "shared_factors")
         self.table, self.renderer, self.num_samples = table, renderer, num_samples
         self.seed, self.split, self._split_id = seed, split, SPLITS.index(split)
         self.shared_factors = None if shared_factors is None else tuple(shared_factors)
-        self.caption_dropout = caption_dropout
+        self.dropout = dropout_rates(caption_dropout, ATTRIBUTES)  # (A,)
         rows = table.splits[split]
         self.rows = rows[np.random.default_rng([seed, self._split_id]).permutation(len(rows))]
         self.pool = table.splits["train"]  # where views and partners come from
@@ -129,9 +128,9 @@ class FontsDataset(Dataset):
         return self._rng
 
     def _captioned(self) -> tuple[str, ...]:
-        if self.caption_dropout == 0:
+        if not self.dropout.any():
             return ATTRIBUTES
-        keep = self._view_rng().random(len(ATTRIBUTES)) >= self.caption_dropout
+        keep = self._view_rng().random(len(ATTRIBUTES)) >= self.dropout
         return tuple(a for a, k in zip(ATTRIBUTES, keep, strict=True) if k)
 
     def _checked_index(self, index: int) -> int:
@@ -181,7 +180,8 @@ class FontsDataModule(BankQueryDataModule):
         num_bank: kNN bank images, the first train items.
         seed: Seed of the split, the order and the jitter (views follow the torch seed).
         shared_factors: Attributes a train view shares with its image; ``None``: no view.
-        caption_dropout: Probability that a train caption leaves out each attribute.
+        caption_dropout: Probability that a train caption leaves out each attribute, or
+            ``{attribute: p}`` (one not named is always said: ``{letter: 0.5}``).
         batch_size: Train batch size (the last incomplete batch is dropped).
         eval_batch_size: Batch size of the bank, val, test and predict loaders.
         num_workers: DataLoader worker processes.
@@ -203,7 +203,7 @@ class FontsDataModule(BankQueryDataModule):
         num_bank: int = 4096,
         seed: int = 0,
         shared_factors: list[str] | None = None,
-        caption_dropout: float = 0.0,
+        caption_dropout: float | dict[str, float] = 0.0,
         batch_size: int = 256,
         eval_batch_size: int = 512,
         num_workers: int = 0,
@@ -223,6 +223,7 @@ class FontsDataModule(BankQueryDataModule):
         if num_train < batch_size:
             raise ValueError(f"num_train ({num_train}) must be >= batch_size ({batch_size})")
         check_attributes(shared_factors or [], "shared_factors")
+        dropout_rates(caption_dropout, ATTRIBUTES)  # a bad key or rate fails here
         self.save_hyperparameters()
         self.fonts, self.families, self.letters = fonts, families, letters
         self.image_size, self.seed, self.held_out = image_size, seed, held_out

@@ -58,6 +58,27 @@ def check_factor_names(names: Sequence[str]) -> None:
 # ----------------------------------------------------------------------------- dataset
 
 
+def dropout_rates(
+    caption_dropout: float | Mapping[str, float], attributes: Sequence[str]
+) -> np.ndarray:
+    """Each attribute's probability ``(A,)`` of being left out of a caption: one number for
+    all, or ``{attribute: p}`` (an attribute not named is always said).
+
+    Raise ``ValueError`` naming a key that is no attribute or a rate outside ``[0, 1)``.
+    """
+    per_attribute = isinstance(caption_dropout, Mapping)
+    rates = caption_dropout if per_attribute else dict.fromkeys(attributes, caption_dropout)
+    for name, rate in rates.items():
+        if name not in attributes:
+            raise ValueError(
+                f"caption_dropout: {name!r} is no attribute; valid: {list(attributes)}"
+            )
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1:
+            key = f"caption_dropout[{name!r}]" if per_attribute else "caption_dropout"
+            raise ValueError(f"{key} must be in [0, 1), got {rate!r}")
+    return np.array([float(rates.get(a, 0.0)) for a in attributes])
+
+
 class ShapesDataset(Dataset):
     """Generated images of one shape on a textured background, with their factors.
 
@@ -83,9 +104,10 @@ class ShapesDataset(Dataset):
         shared_factors: Factors a generator view keeps; ``None`` for no view. ``[]`` makes a
             view that shares nothing with its image.
         caption_dropout: Probability that the caption leaves out each attribute, drawn anew
-            on every fetch (like the views). Partial captions ("a red star") make an
-            image-text model learn each attribute on its own: with full captions, the easy
-            attributes alone tell the captions of a batch apart.
+            on every fetch (like the views); ``{attribute: p}`` per attribute (one not named
+            is always said). Partial captions ("a red star") make an image-text model learn
+            each attribute on its own: with full captions, the easy attributes alone tell the
+            captions of a batch apart.
     """
 
     def __init__(
@@ -95,7 +117,7 @@ class ShapesDataset(Dataset):
         seed: int = 0,
         split: str = "train",
         shared_factors: list[str] | None = None,
-        caption_dropout: float = 0.0,
+        caption_dropout: float | Mapping[str, float] = 0.0,
     ) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -107,9 +129,7 @@ class ShapesDataset(Dataset):
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if shared_factors is not None:
             check_factor_names(shared_factors)
-        if not 0.0 <= caption_dropout < 1.0:
-            raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout}")
-        self.caption_dropout = caption_dropout
+        self.dropout = dropout_rates(caption_dropout, ATTRIBUTES)  # (7,)
         self.num_samples = num_samples
         self.image_size = image_size
         self.seed = seed
@@ -177,9 +197,9 @@ class ShapesDataset(Dataset):
         return self._rng
 
     def _captioned(self) -> tuple[str, ...]:
-        if self.caption_dropout == 0:
+        if not self.dropout.any():
             return ATTRIBUTES
-        keep = self._view_rng().random(len(ATTRIBUTES)) >= self.caption_dropout  # (7,)
+        keep = self._view_rng().random(len(ATTRIBUTES)) >= self.dropout  # (7,)
         return tuple(a for a, k in zip(ATTRIBUTES, keep, strict=True) if k)
 
     def _checked_index(self, index: int) -> int:
@@ -224,8 +244,9 @@ class ShapesDataModule(BankQueryDataModule):
         seed: Seed of every split's image stream (views follow the torch seed instead).
         shared_factors: Factors the train view shares with its image (see
             :class:`ShapesDataset`); ``None`` for no generator view.
-        caption_dropout: Probability that a train caption leaves out each attribute (see
-            :class:`ShapesDataset`); evaluation captions always name every attribute.
+        caption_dropout: Probability that a train caption leaves out each attribute, or
+            ``{attribute: p}`` (see :class:`ShapesDataset`); evaluation captions always name
+            every attribute.
         batch_size: Train batch size (the last incomplete batch is dropped).
         eval_batch_size: Batch size of the bank, validation, test and predict loaders.
         num_workers: DataLoader worker processes (kept alive between epochs when > 0).
@@ -240,7 +261,7 @@ class ShapesDataModule(BankQueryDataModule):
         num_bank: int = 4096,
         seed: int = 0,
         shared_factors: list[str] | None = None,
-        caption_dropout: float = 0.0,
+        caption_dropout: float | dict[str, float] = 0.0,
         batch_size: int = 256,
         eval_batch_size: int = 512,
         num_workers: int = 0,
@@ -268,6 +289,7 @@ class ShapesDataModule(BankQueryDataModule):
             raise ValueError(f"seed must be >= 0 (a numpy seed), got {seed}")
         if shared_factors is not None:
             check_factor_names(shared_factors)
+        dropout_rates(caption_dropout, ATTRIBUTES)  # a bad key or rate fails here
         self.save_hyperparameters()
         self.image_size = image_size
         self.num_train = num_train
