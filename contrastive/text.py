@@ -18,7 +18,6 @@ import difflib
 import importlib
 import importlib.util
 import os
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -262,43 +261,6 @@ def resolve_sentence_transformer(model: str) -> str:
     return str(importlib.import_module(package).get_model_path())
 
 
-class TextCache:
-    """A frozen text tower's outputs, remembered per string (a frozen tower always gives the
-    same), up to ``size`` strings; ``size`` 0 remembers nothing.
-
-    Args:
-        size: how many strings to remember.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.rows: dict[str, Tensor] = {}
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __call__(self, texts: list[str], compute: Callable[[list[int]], Tensor]) -> Tensor:
-        """``(len(texts), D)``: the remembered rows, and ``compute(indices)`` (``(k, D)``, the
-        tower's output for ``texts[i]`` of each index) for the first occurrence of the others."""
-        first = {t: i for i, t in reversed(list(enumerate(texts))) if t not in self.rows}
-        missing = sorted(first.values())
-        computed = {}
-        if missing:
-            computed = dict(zip((texts[i] for i in missing), compute(missing), strict=True))
-            room = self.size - len(self.rows)
-            self.rows.update(list(computed.items())[: max(0, room)])
-        return torch.stack([computed.get(t, self.rows.get(t)) for t in texts])
-
-    def features(self, tower: nn.Module, texts: list[str], tokens: Any) -> Tensor:
-        """``tower``'s output (without a graph) for ``texts``, whose ``tokens`` are given."""
-
-        def compute(index: list[int]) -> Tensor:
-            with torch.no_grad():
-                return tower(token_rows(tokens, torch.tensor(index)))
-
-        return self(texts, compute)
-
-
 def projections(
     image_dim: int, tower: TextTower, width: int, text_projection: bool, name: str
 ) -> tuple[nn.Module, nn.Module]:
@@ -365,7 +327,6 @@ __all__ = [
     "HFTokenizer",
     "OpenCLIPText",
     "SentenceTransformerText",
-    "TextCache",
     "TextTower",
     "distinct_texts",
     "joint_space",

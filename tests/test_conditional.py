@@ -258,3 +258,24 @@ def test_the_matched_budget_head_never_reads_text(monkeypatch):
     torch.testing.assert_close(
         m.condition_from(inputs, text), m.condition_from(inputs, torch.zeros_like(text))
     )
+
+
+def test_the_image_cache_runs_the_frozen_tower_once_per_image_and_changes_nothing():
+    cached, plain = model(image_cache_size=100).eval(), model().eval()
+    calls = []
+    cached.backbone.register_forward_hook(lambda m, args, out: calls.append(len(out)))
+    b = batch()
+    b["image"][3] = b["view"][0]  # an image seen twice in the batch
+    losses = []
+    for m in (cached, cached, plain):
+        b["views"] = m.make_views(b)
+        loss = m.training_loss(b)
+        loss.backward()
+        losses.append((loss, [p.grad.clone() for p in m.conditioning.parameters()]))
+        m.zero_grad()
+    assert calls == [6, 5, 6]  # per view, its images not seen before; then none again
+    for loss, grads in losses[1:]:
+        torch.testing.assert_close(loss, losses[0][0])
+        torch.testing.assert_close(grads, losses[0][1])
+    assert len(cached._image_cache) == 17
+    assert model(image_cache_size=100, freeze_image_tower=False)._image_cache.size == 0

@@ -97,3 +97,33 @@ def test_the_font_triplets_draw_conditions_by_their_weights(fonts):
         FontTripletDataModule(
             fonts=str(fonts), conditions=["letter"], condition_weights={"family": 2}
         )
+
+
+def _renders_per_glyph(dataset, items: int) -> dict[tuple, set[bytes]]:
+    renders: dict[tuple, set[bytes]] = {}
+    for i in range(items):
+        item = dataset[i]
+        for image, labels in [("image", "labels"), ("view", "view_labels"),
+                              ("negative", "negative_labels")]:  # fmt: skip
+            glyph = tuple(item[labels][a] for a in ATTRIBUTES)
+            renders.setdefault(glyph, set()).add(item[image].numpy().tobytes())
+    return renders
+
+
+def test_with_jitters_each_glyph_is_drawn_in_so_many_fixed_ways(fonts):
+    data = small(fonts, cls=FontTripletDataModule, families=["DejaVu Serif"], jitters=2)
+    dataset = data._datasets["train"]
+    renders = _renders_per_glyph(dataset, 64)
+    torch.manual_seed(1)  # another process's draws: the same fixed jitters
+    dataset._rng = None
+    for glyph, images in _renders_per_glyph(dataset, 64).items():
+        renders.setdefault(glyph, set()).update(images)
+    assert max(len(r) for r in renders.values()) == 2
+    fresh = small(fonts, cls=FontTripletDataModule, families=["DejaVu Serif"])
+    assert max(len(r) for r in _renders_per_glyph(fresh._datasets["train"], 64).values()) > 2
+
+
+@pytest.mark.parametrize("jitters", [0, -1, True, 1.5])
+def test_jitters_must_be_a_count(fonts, jitters):
+    with pytest.raises(ValueError, match=f"jitters must be a count >= 1 or None, got {jitters}"):
+        FontTripletDataModule(fonts=str(fonts), jitters=jitters)

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
+import torch
 
 from contrastive.datamodules.common import EvaluationData
 from contrastive.datamodules.fonts import ATTRIBUTES, FontsDataModule, FontsDataset
@@ -66,6 +67,15 @@ PHRASINGS: dict[str, dict[str, list[str]]] = {
 DEFAULT_CONDITIONS = ATTRIBUTES
 
 
+def checked_jitters(jitters: int | None) -> int | None:
+    """``jitters`` if it is a count >= 1 or ``None``; else one line naming it."""
+    if jitters is not None and (
+        isinstance(jitters, bool) or not isinstance(jitters, int) or jitters < 1
+    ):
+        raise ValueError(f"jitters must be a count >= 1 or None, got {jitters!r}")
+    return jitters
+
+
 class FontTripletDataset(FontsDataset):
     """Font triplets: anchor, positive, hard negative and a condition in words.
 
@@ -78,6 +88,10 @@ class FontTripletDataset(FontsDataset):
         conditions: The attributes a condition can name.
         phrasings: ``{attribute: {"seen": [...], "held-out": [...]}}``; training uses "seen".
         condition_weights: how often each condition is drawn, relative; ``None``: uniform.
+        jitters: each glyph is drawn in one of this many fixed jitters (of ``(seed, glyph)``),
+            the anchor as its partners, so the images repeat across epochs and a frozen tower's
+            features can be remembered (``Conditional(image_cache_size=...)``); ``None``: the
+            anchor's jitter is the item's and each partner's a fresh one.
         **kwargs: :class:`FontsDataset` arguments (its split must be ``"train"``).
     """
 
@@ -86,11 +100,14 @@ class FontTripletDataset(FontsDataset):
         conditions: Sequence[str] = DEFAULT_CONDITIONS,
         phrasings: Mapping[str, Mapping[str, Sequence[str]]] = PHRASINGS,
         condition_weights: Mapping[str, float] | None = None,
+        jitters: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if not conditions:
             raise ValueError("conditions must name at least one attribute")
+        self.jitters = checked_jitters(jitters)
+        self._renders: dict[tuple[int, int], torch.Tensor] = {}  # (glyph, jitter) -> image
         check_phrasings(conditions, phrasings, ATTRIBUTES)
         self.conditions = tuple(conditions)
         self.phrasings = {c: list(phrasings[c]["seen"]) for c in self.conditions}
@@ -131,6 +148,17 @@ class FontTripletDataset(FontsDataset):
         mask = self._pool_labels[:, column] != self.table.labels[glyph, column]
         return self._choose(mask, glyph, [(a, True) for a in ATTRIBUTES if a != condition], rng)
 
+    def _draw(self, glyph: int, rng: np.random.Generator) -> torch.Tensor:
+        """A partner's image: with a fresh jitter, or in one of ``glyph``'s ``jitters`` fixed
+        ones (each drawn once in a process, then remembered)."""
+        if self.jitters is None:
+            return self.draw(glyph, rng.random(3))
+        key = (glyph, int(rng.integers(self.jitters)))
+        if key not in self._renders:
+            jitter = np.random.default_rng([self.seed, *key]).random(3)
+            self._renders[key] = self.draw(glyph, jitter)
+        return self._renders[key]
+
     def __getitem__(self, index: int) -> dict:
         index = self._checked_index(index)
         rng = self._view_rng()
@@ -140,11 +168,13 @@ class FontTripletDataset(FontsDataset):
         value = self.table.names(glyph)[condition]
         positive = self.positive(glyph, condition, rng)
         negative = self.negative(glyph, condition, rng)
-        anchor = self.draw(glyph, jitter)
+        anchor = self.draw(glyph, jitter) if self.jitters is None else self._draw(glyph, rng)
+        view = self._draw(positive, rng)
+        unlike = anchor if negative is None else self._draw(negative, rng)
         return {
             "image": anchor,
-            "view": self.draw(positive, rng.random(3)),
-            "negative": anchor if negative is None else self.draw(negative, rng.random(3)),
+            "view": view,
+            "negative": unlike,
             "has_negative": negative is not None,
             "text": templates[int(rng.integers(len(templates)))].format(value=value),
             "condition": condition,
@@ -168,6 +198,8 @@ class FontTripletDataModule(FontsDataModule):
             ``{value}``; the built-in ``PHRASINGS`` by default.
         condition_weights: how often training draws each condition, relative (a condition
             not named weighs 1; ``{"family": 3}``); ``None``: uniform.
+        jitters: each training glyph drawn in one of this many fixed jitters, so a frozen
+            tower's features repeat (see :class:`FontTripletDataset`); ``None``: fresh ones.
         **kwargs: :class:`FontsDataModule` arguments.
     """
 
@@ -176,6 +208,7 @@ class FontTripletDataModule(FontsDataModule):
         conditions: list[str] | None = None,
         phrasings: dict[str, dict[str, list[str]]] | None = None,
         condition_weights: dict[str, float] | None = None,
+        jitters: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -184,7 +217,7 @@ class FontTripletDataModule(FontsDataModule):
         check_phrasings(self.conditions, phrasings, ATTRIBUTES)
         self.phrasings = {c: {g: list(t) for g, t in phrasings[c].items()} for c in self.conditions}
         condition_probabilities(self.conditions, condition_weights)  # a bad key fails here
-        self.condition_weights = condition_weights
+        self.condition_weights, self.jitters = condition_weights, checked_jitters(jitters)
 
     def evaluation_data(self) -> EvaluationData:
         """The fonts' labelled ``[bank, query]`` loaders, and the benchmark's conditions."""
@@ -198,6 +231,7 @@ class FontTripletDataModule(FontsDataModule):
             conditions=self.conditions,
             phrasings=self.phrasings,
             condition_weights=self.condition_weights,
+            jitters=self.jitters,
             table=self.table,
             renderer=self._datasets["train"].renderer,
             num_samples=self.num_train,

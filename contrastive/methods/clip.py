@@ -131,7 +131,7 @@ class CLIP(TwoTowerMethod):
         if tokens is None:
             tokens = tokens_to(self.tokenizer(list(texts)), self.device)
         if self._text_cache.size > 0:
-            features = self._text_cache.features(self.text_tower, list(texts), tokens)
+            features = self._text_features(list(texts), tokens)
             return self.text_projection(features)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_text_tower):
             return self.text_projection(self.text_tower(tokens))

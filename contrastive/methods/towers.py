@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
 from contrastive.backbones import load_weights
+from contrastive.cache import FrozenCache, image_keys
 from contrastive.checkpoints import resolve_checkpoint
 from contrastive.methods.base import ContrastiveMethod
-from contrastive.text import TextCache, TextTower
+from contrastive.text import TextTower, token_rows
 
 EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
 
@@ -31,6 +33,10 @@ class TwoTowerMethod(ContrastiveMethod):
         freeze_text_tower: no gradient into ``text_tower``.
         text_cache_size: with a frozen text tower, remember up to this many texts' tower outputs
             (a frozen tower always gives the same); 0 turns the cache off.
+        image_cache_size: with a frozen image tower, remember up to this many images' backbone
+            features, by content (:func:`~contrastive.cache.image_keys`); for data whose images
+            repeat unaugmented (a conditioning head's triplets), where each epoch after the first
+            then skips the tower. 0 (default) turns it off.
         **kwargs: :class:`ContrastiveMethod` arguments (backbone, augment, optimizer, ...).
     """
 
@@ -40,12 +46,14 @@ class TwoTowerMethod(ContrastiveMethod):
         freeze_image_tower: bool = False,
         freeze_text_tower: bool = False,
         text_cache_size: int = 100_000,
+        image_cache_size: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.text_tower = text_tower
         self.freeze_image_tower, self.freeze_text_tower = freeze_image_tower, freeze_text_tower
-        self._text_cache = TextCache(text_cache_size if freeze_text_tower else 0)
+        self._text_cache = FrozenCache(text_cache_size if freeze_text_tower else 0)
+        self._image_cache = FrozenCache(image_cache_size if freeze_image_tower else 0)
 
     def _frozen_towers(self) -> list[nn.Module]:
         flagged = (
@@ -103,8 +111,22 @@ class TwoTowerMethod(ContrastiveMethod):
         return self
 
     def _features(self, views: Tensor) -> Tensor:  # normalised images -> (B, F) backbone
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_image_tower):
+        if not self.freeze_image_tower:
             return self.backbone(views)
+        with torch.no_grad():
+            if self._image_cache.size == 0:
+                return self.backbone(views)
+            return self._image_cache(image_keys(views), lambda rows: self.backbone(views[rows]))
+
+    def _text_features(self, texts: list[str], tokens: Any) -> Tensor:
+        """The frozen text tower's outputs for ``texts`` (whose ``tokens`` are given), each
+        distinct text computed once ever, up to ``text_cache_size`` texts."""
+
+        def compute(rows: list[int]) -> Tensor:
+            with torch.no_grad():
+                return self.text_tower(token_rows(tokens, torch.tensor(rows)))
+
+        return self._text_cache(texts, compute)
 
     def _views(self, images: Tensor) -> Tensor:  # uint8 (or [0, 1] float) -> normalised
         return self._memory_format(self.augment.normalize(images))
