@@ -26,6 +26,10 @@ class FrozenCache:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def clear(self) -> None:
+        """Forget every row (the tower changed, or moved to another device or dtype)."""
+        self.rows.clear()
+
     def __call__(self, keys: Sequence[Hashable], compute: Callable[[list[int]], Tensor]) -> Tensor:
         """``(len(keys), D)``: the remembered rows, and ``compute(indices)`` (``(k, D)``, the
         tower's output for the input of each index) for the first occurrence of the others."""

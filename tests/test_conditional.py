@@ -279,3 +279,22 @@ def test_the_image_cache_runs_the_frozen_tower_once_per_image_and_changes_nothin
         torch.testing.assert_close(grads, losses[0][1])
     assert len(cached._image_cache) == 17
     assert model(image_cache_size=100, freeze_image_tower=False)._image_cache.size == 0
+
+
+def test_the_caches_are_emptied_when_the_towers_change_or_move():
+    m = model(image_cache_size=100).eval()
+    m.condition(batch()["image"], "same color")
+    assert len(m._image_cache) == 6 and len(m._text_cache) == 1
+    m.load_state_dict(m.state_dict())
+    assert len(m._image_cache) == 0 and len(m._text_cache) == 0
+    m.condition(batch()["image"], "same color")
+    m.double()  # the rows were float32 (or on another device)
+    assert len(m._image_cache) == 0 and len(m._text_cache) == 0
+    assert m.condition(batch()["image"], "same color").dtype == torch.float64
+
+
+@pytest.mark.parametrize("name", ["image_cache_size", "text_cache_size"])
+@pytest.mark.parametrize("size", [-1, 2.5, True])
+def test_a_cache_size_must_be_a_count(name, size):
+    with pytest.raises(ValueError, match=f"{name} must be a count >= 0, got {size}"):
+        model(**{name: size})

@@ -50,6 +50,9 @@ class TwoTowerMethod(ContrastiveMethod):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        for name, size in (("text", text_cache_size), ("image", image_cache_size)):
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise ValueError(f"{name}_cache_size must be a count >= 0, got {size!r}")
         self.text_tower = text_tower
         self.freeze_image_tower, self.freeze_text_tower = freeze_image_tower, freeze_text_tower
         self._text_cache = FrozenCache(text_cache_size if freeze_text_tower else 0)
@@ -103,6 +106,19 @@ class TwoTowerMethod(ContrastiveMethod):
     def _restore_warnings(self) -> None:
         if (quiet := self.__dict__.pop("_quiet", None)) is not None:
             quiet.__exit__(None, None, None)
+
+    def load_state_dict(self, *args, **kwargs):  # new weights: what the caches hold is stale
+        self._forget()
+        return super().load_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .double(), ...: the rows no longer fit
+        self._forget()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _forget(self) -> None:
+        for cache in ("_text_cache", "_image_cache"):  # (not yet there inside __init__)
+            if cache in self.__dict__:
+                self.__dict__[cache].clear()
 
     def train(self, mode: bool = True) -> TwoTowerMethod:
         super().train(mode)
