@@ -14,6 +14,7 @@ from conftest import CORE, DEJAVU, EXTRA
 
 from contrastive.cli import main
 from contrastive.datamodules import font_catalog
+from contrastive.datamodules import fonts as fonts_module
 from contrastive.datamodules.common import DataError
 from contrastive.datamodules.font_catalog import (
     FIELDS,
@@ -372,3 +373,17 @@ def test_the_data_module_checks_its_settings(fonts):
             FontsDataModule(fonts=str(fonts), **kwargs)
     with pytest.raises(ValueError, match="split must be one of"):
         FontsDataset(small(fonts).table, None, 4, split="dev")
+
+
+def test_an_items_image_is_drawn_once_per_process_within_a_bound(fonts, monkeypatch):
+    data = small(fonts)
+    dataset = data._datasets["train"]
+    drawn = [dataset[i]["image"] for i in range(8)]
+    assert len(dataset._drawn) == 8
+    for i, image in enumerate(drawn):  # the same as drawing it anew, and the same object
+        assert torch.equal(image, dataset.draw(*dataset.glyph(i)))
+        assert dataset[i]["image"] is image
+    monkeypatch.setattr(fonts_module, "DRAWN_BYTES", 10 * drawn[0].nbytes)
+    for i in range(8, 16):
+        dataset[i]
+    assert len(dataset._drawn) == 10  # no room for more

@@ -107,7 +107,6 @@ class FontTripletDataset(FontsDataset):
         if not conditions:
             raise ValueError("conditions must name at least one attribute")
         self.jitters = checked_jitters(jitters)
-        self._renders: dict[tuple[int, int], torch.Tensor] = {}  # (glyph, jitter) -> image
         check_phrasings(conditions, phrasings, ATTRIBUTES)
         self.conditions = tuple(conditions)
         self.phrasings = {c: list(phrasings[c]["seen"]) for c in self.conditions}
@@ -154,10 +153,9 @@ class FontTripletDataset(FontsDataset):
         if self.jitters is None:
             return self.draw(glyph, rng.random(3))
         key = (glyph, int(rng.integers(self.jitters)))
-        if key not in self._renders:
-            jitter = np.random.default_rng([self.seed, *key]).random(3)
-            self._renders[key] = self.draw(glyph, jitter)
-        return self._renders[key]
+        return self.remembered(
+            key, lambda: self.draw(glyph, np.random.default_rng([self.seed, *key]).random(3))
+        )
 
     def __getitem__(self, index: int) -> dict:
         index = self._checked_index(index)
@@ -168,7 +166,10 @@ class FontTripletDataset(FontsDataset):
         value = self.table.names(glyph)[condition]
         positive = self.positive(glyph, condition, rng)
         negative = self.negative(glyph, condition, rng)
-        anchor = self.draw(glyph, jitter) if self.jitters is None else self._draw(glyph, rng)
+        if self.jitters is None:
+            anchor = self.remembered(index, lambda: self.draw(glyph, jitter))
+        else:
+            anchor = self._draw(glyph, rng)
         view = self._draw(positive, rng)
         unlike = anchor if negative is None else self._draw(negative, rng)
         return {

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ from contrastive.datamodules.font_glyphs import (
     check_attributes,
 )
 from contrastive.datamodules.shapes import SPLITS, dropout_rates, view_rng
+
+# The images a process (a loader worker) remembers: 64 MiB, 21,000 glyphs of 32 px.
+DRAWN_BYTES = 64 * 2**20
 
 
 def caption(names: Mapping[str, str], named: Sequence[str] = ATTRIBUTES) -> str:
@@ -104,6 +107,7 @@ class FontsDataset(Dataset):
         self.pool = table.splits["train"]  # where views and partners come from
         self._rng: np.random.Generator | None = None
         self._rng_key: tuple[int, int] | None = None
+        self._drawn: dict[Hashable, torch.Tensor] = {}  # see remembered()
 
     def __len__(self) -> int:
         return self.num_samples
@@ -116,6 +120,16 @@ class FontsDataset(Dataset):
     def draw(self, glyph: int, jitter: np.ndarray) -> torch.Tensor:
         face, letter = self.table.glyphs[glyph]
         return self.renderer(int(face), self.table.letters[letter], jitter)
+
+    def remembered(self, key: Hashable, draw: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``draw()``, drawn once per ``key`` in a process (each loader worker has its own)
+        while the remembered images fit in ``DRAWN_BYTES``: an item's own image is a function
+        of its index, drawn again every epoch otherwise."""
+        if (image := self._drawn.get(key)) is None:
+            image = draw()
+            if (len(self._drawn) + 1) * image.nbytes <= DRAWN_BYTES:
+                self._drawn[key] = image
+        return image
 
     def labels(self, glyph: int) -> dict[str, int]:
         return dict(zip(ATTRIBUTES, self.table.labels[glyph].tolist(), strict=True))
@@ -143,7 +157,7 @@ class FontsDataset(Dataset):
         glyph, jitter = self.glyph(index)
         named = self._captioned()
         item = {
-            "image": self.draw(glyph, jitter),
+            "image": self.remembered(index, lambda: self.draw(glyph, jitter)),
             "labels": self.labels(glyph),
             "caption": caption(self.table.names(glyph), named),
             "index": index,
