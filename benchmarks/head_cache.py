@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from unittest import mock
 
 import torch
 
@@ -36,7 +38,8 @@ SETTINGS = {
 def build(config: str, extra: list[str]):
     """The config's model and training loader (random towers), and an optimizer of the head."""
     args = ["--config", config, "--model.init_args.towers=null", *extra]
-    cli = ContrastiveCLI(args=args, run=False)
+    with mock.patch.object(sys, "argv", sys.argv[:1]):  # this script's own flags are not its
+        cli = ContrastiveCLI(args=args, run=False)
     model, data = cli.model, cli.datamodule
     data.setup("fit")
     head = [p for p in model.parameters() if p.requires_grad]
